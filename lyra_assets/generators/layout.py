@@ -1,0 +1,379 @@
+"""The embedded generator: lift the concept image into a textured box room and walk the camera through it.
+
+No GPU, no weights, deterministic. The method is "Tour Into the Picture" (Horry et al., 1997):
+
+1. The dominant vanishing point of the picture is found from its line segments (or given in the sidecar).
+   The room's depth axis points through it; the room is upright in the camera's frame.
+2. A back-wall rectangle around the vanishing point (estimated from where the receding lines end, or given)
+   fixes the box: the floor lies `eye_height_m` below the camera, so the back wall's bottom edge gives its
+   depth, its side edges the side walls, its top edge the ceiling. All in metres.
+3. Each of the six faces gets a texture by projecting its texels into the concept image. Texels the image
+   never saw (behind the camera, under it, outside the frame) are filled by mirror extension: the texture is
+   reflected about the edge of what was seen, so floors and walls continue with their own pattern. Those
+   texels are marked synthesised.
+4. Every camera of the path ray casts the same box (a convex room seen from inside hides nothing of
+   itself), so depth is exact and a revisited pose renders the identical frame: spatial memory by
+   construction.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from scipy import ndimage
+
+from .. import __version__
+from ..errors import LyraAssetsError
+from ..images import ConceptImage
+from ..motions import FreeSpace
+from ..presets import Preset
+from ..progress import Progress
+from ..trajectory import CameraPath, intrinsics_from_fov, pixel_centres
+from ..walkthrough import Walkthrough
+
+MIN_WALL_DISTANCE = 0.6  # metres; a fitted wall never comes closer to the first camera than this
+MAX_TEXTURE_SIDE = 2048
+
+
+class LayoutHints(BaseModel):
+    """The sidecar's `[layout]` table: overrides for what the fit would otherwise estimate."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    vanishing_point: tuple[float, float] | None = Field(None, description="pixels (x, y) in the concept image")
+    back_wall: tuple[float, float, float, float] | None = Field(
+        None, description="back-wall rectangle x0, y0, x1, y1 in concept-image pixels")
+
+
+@dataclass(frozen=True)
+class Room:
+    """A box in room coordinates q = axes.T @ p (p: first camera's frame); the first camera is at q = 0."""
+
+    axes: np.ndarray  # (3, 3) columns: the room's x (right), y (down), z (depth) in the camera frame
+    lo: np.ndarray  # (3,) box minimum in room coordinates (ceiling is lo[1], floor is hi[1])
+    hi: np.ndarray  # (3,)
+
+    def clearance(self, points: np.ndarray) -> np.ndarray:
+        q = points @ self.axes
+        return np.minimum(q - self.lo, self.hi - q).min(axis=1)
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """All six face textures in one image, with the per-face mapping from room coordinates to pixels."""
+
+    colour: np.ndarray  # (AH, AW, 3) uint8
+    observed: np.ndarray  # (AH, AW) uint8, 1 where the concept image saw the texel
+    origin: np.ndarray  # (6, 2) pixel offset of each face's texture in the atlas
+    axes: np.ndarray  # (6, 2) int: which room coordinates run along the face's u and v
+    start: np.ndarray  # (6, 2) room coordinate at the face texture's u = 0 and v = 0
+    density: float  # texels per metre
+
+
+class LayoutGenerator:
+    name = "layout"
+    licence = "none: procedural, no learned weights"
+
+    def __init__(self, preset: Preset, settings: dict[str, Any], source: str = "settings") -> None:
+        try:
+            self.hints = LayoutHints.model_validate(settings)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise LyraAssetsError(f"{source}: [layout] {problems}") from exc
+        self.preset = preset
+        self._fitted: tuple[str, Room, Atlas, dict[str, Any]] | None = None
+
+    def survey(self, image: ConceptImage) -> FreeSpace:
+        room, _, _ = self._fit(image)
+        centre_q = np.array([(room.lo[0] + room.hi[0]) / 2, 0.0, (room.lo[2] + room.hi[2]) / 2])
+        return FreeSpace(depth=float(room.hi[2]), centre=room.axes @ centre_q, clearance=room.clearance)
+
+    def generate(self, image: ConceptImage, path: CameraPath, progress: Progress) -> Walkthrough:
+        started = time.perf_counter()
+        room, atlas, fit = self._fit(image)
+        n, h, w = len(path), path.height, path.width
+        frames = np.empty((n, h, w, 3), np.uint8)
+        depth = np.empty((n, h, w), np.float32)
+        observed = np.empty((n, h, w), bool)
+        for i in range(n):
+            frames[i], depth[i], observed[i] = render(room, atlas, path.K[i], path.c2w[i], w, h)
+            progress("generate", i + 1, n, "rendering the layout")
+        info = {"generator": {"name": self.name, "version": __version__, "licence": self.licence,
+                              "layout": fit},
+                "timings_s": {"generate": round(time.perf_counter() - started, 3)}}
+        return Walkthrough(frames, depth, observed, path, image.pixels, info)
+
+    # -- fitting --------------------------------------------------------------------------------------
+
+    def _fit(self, image: ConceptImage) -> tuple[Room, Atlas, dict[str, Any]]:
+        if self._fitted is None or self._fitted[0] != image.sha256:
+            room, fit = fit_room(image.pixels, self.preset.camera.hfov_deg, self.preset.scene.eye_height_m,
+                                 self.hints)
+            K = intrinsics_from_fov(self.preset.camera.hfov_deg, image.width, image.height)
+            self._fitted = (image.sha256, room, texture_atlas(room, image.pixels, K), fit)
+        return self._fitted[1:]
+
+
+def fit_room(pixels: np.ndarray, hfov_deg: float, eye_height: float,
+             hints: LayoutHints) -> tuple[Room, dict[str, Any]]:
+    h, w = pixels.shape[:2]
+    K = intrinsics_from_fov(hfov_deg, w, h)
+    segments = detect_segments(pixels)
+    if hints.vanishing_point is not None:
+        vp, vp_source = np.array(hints.vanishing_point, float), "sidecar"
+    else:
+        found = find_vanishing_point(segments, w, h)
+        vp, vp_source = (found, "detected") if found is not None else (np.array([w / 2, h / 2]), "default")
+    vp = np.clip(vp, [0.05 * w, 0.05 * h], [0.95 * w, 0.95 * h])
+    if hints.back_wall is not None:
+        rect, rect_source = np.array(hints.back_wall, float), "sidecar"
+        if not (rect[0] < vp[0] < rect[2] and rect[1] < vp[1] < rect[3]):
+            raise LyraAssetsError(
+                f"[layout] back_wall {list(hints.back_wall)} must contain the vanishing point {vp.round(1).tolist()}"
+            )
+    else:
+        rect, rect_source = estimate_back_wall(segments, vp, w, h), "estimated" if len(segments) else "default"
+
+    # Room axes: depth through the vanishing point, "down" as close to the camera's down as possible.
+    z = np.linalg.solve(K, [vp[0], vp[1], 1.0])
+    z /= np.linalg.norm(z)
+    y = np.array([0.0, 1.0, 0.0]) - z[1] * z
+    y /= np.linalg.norm(y)
+    axes = np.stack([np.cross(y, z), y, z], axis=1)
+
+    def room_ray(u: float, v: float) -> np.ndarray:
+        return axes.T @ np.linalg.solve(K, [u, v, 1.0])
+
+    bottom = room_ray(vp[0], rect[3])
+    depth = eye_height * bottom[2] / bottom[1] if bottom[1] > 1e-6 else 4.0 * eye_height
+    depth = max(depth, 2.5 * MIN_WALL_DISTANCE)
+
+    def at_depth(u: float, v: float, axis: int) -> float:
+        ray = room_ray(u, v)
+        return float(ray[axis] / ray[2] * depth)
+
+    left = min(at_depth(rect[0], vp[1], 0), -MIN_WALL_DISTANCE)
+    right = max(at_depth(rect[2], vp[1], 0), MIN_WALL_DISTANCE)
+    ceiling = min(at_depth(vp[0], rect[1], 1), -MIN_WALL_DISTANCE)
+    behind = -float(np.clip(0.5 * depth, 1.5, 5.0))
+    room = Room(axes, np.array([left, ceiling, behind]), np.array([right, eye_height, depth]))
+    fit = {"vanishing_point": vp.round(2).tolist(), "vanishing_point_source": vp_source,
+           "back_wall": rect.round(2).tolist(), "back_wall_source": rect_source,
+           "line_segments": int(len(segments)), "eye_height_m": eye_height, "hfov_deg": hfov_deg,
+           "room_axes": axes.round(6).tolist(), "room_min_m": room.lo.round(4).tolist(),
+           "room_max_m": room.hi.round(4).tolist(), "unseen_fill": "mirror extension"}
+    return room, fit
+
+
+def detect_segments(pixels: np.ndarray) -> np.ndarray:
+    """(M, 4) line segments x0, y0, x1, y1 from OpenCV's LSD detector, short ones dropped."""
+    grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
+    scale = 640.0 / max(grey.shape)
+    if scale < 1.0:
+        grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    else:
+        scale = 1.0
+    lines = cv2.createLineSegmentDetector().detect(grey)[0]
+    if lines is None:
+        return np.zeros((0, 4))
+    segments = lines.reshape(-1, 4).astype(np.float64) / scale
+    length = np.hypot(segments[:, 2] - segments[:, 0], segments[:, 3] - segments[:, 1])
+    return segments[length > 0.04 * max(pixels.shape[:2])]
+
+
+def _receding(segments: np.ndarray) -> np.ndarray:
+    """Segments that are neither near-horizontal nor near-vertical: the ones that can recede in depth."""
+    angle = np.degrees(np.arctan2(segments[:, 3] - segments[:, 1], segments[:, 2] - segments[:, 0])) % 180
+    return segments[(np.abs(angle - 90) > 8) & (np.minimum(angle, 180 - angle) > 8)]
+
+
+def find_vanishing_point(segments: np.ndarray, width: int, height: int) -> np.ndarray | None:
+    """The point most receding segments point at, by length-weighted voting over pairwise intersections."""
+    segs = _receding(segments)
+    if len(segs) < 4:
+        return None
+    segs = segs[np.argsort(-np.hypot(segs[:, 2] - segs[:, 0], segs[:, 3] - segs[:, 1]))[:150]]
+    p0 = np.c_[segs[:, :2], np.ones(len(segs))]
+    p1 = np.c_[segs[:, 2:], np.ones(len(segs))]
+    lines = np.cross(p0, p1)
+    points = np.cross(lines[:, None], lines[None])[np.triu_indices(len(segs), 1)]
+    ok = np.abs(points[:, 2]) > 1e-9
+    candidates = points[ok, :2] / points[ok, 2:]
+    inside = ((candidates[:, 0] > 0) & (candidates[:, 0] < width) & (candidates[:, 1] > 0)
+              & (candidates[:, 1] < height))
+    candidates = candidates[inside]
+    if len(candidates) == 0:
+        return None
+    scores = _vp_scores(candidates, segs)
+    best = candidates[int(np.argmax(scores))]
+    support = _vp_scores(best[None], segs)[0] / np.hypot(segs[:, 2] - segs[:, 0], segs[:, 3] - segs[:, 1]).sum()
+    return best if support > 0.25 else None
+
+
+def _pointing_at(candidates: np.ndarray, segs: np.ndarray, tolerance_deg: float) -> np.ndarray:
+    """(C, M) bool: segment m's line passes within tolerance_deg of candidate point c (seen from its middle)."""
+    mid = (segs[:, :2] + segs[:, 2:]) / 2
+    direction = segs[:, 2:] - segs[:, :2]
+    length = np.hypot(direction[:, 0], direction[:, 1])
+    to_vp = candidates[:, None, :] - mid[None]
+    cos = np.abs((to_vp * direction[None]).sum(-1)) / (np.linalg.norm(to_vp, axis=-1) * length + 1e-9)
+    return cos > math.cos(math.radians(tolerance_deg))
+
+
+def _vp_scores(candidates: np.ndarray, segs: np.ndarray, tolerance_deg: float = 2.0) -> np.ndarray:
+    """For each candidate point: total length of the segments pointing at it."""
+    length = np.hypot(segs[:, 2] - segs[:, 0], segs[:, 3] - segs[:, 1])
+    return (_pointing_at(candidates, segs, tolerance_deg) * length).sum(axis=1)
+
+
+def estimate_back_wall(segments: np.ndarray, vp: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Back-wall rectangle x0, y0, x1, y1: where the receding lines towards the vanishing point stop.
+
+    Each segment pointing at the vanishing point ends, on its inner side, at the back wall's edge. Ends in
+    the left, right, top and bottom wedges around the vanishing point bound the matching edge; a low
+    percentile keeps lines that fade out early (fog, low contrast) from pushing the wall outwards. Lines on
+    the floor run all the way to the back wall more often than wall lines do, so where several end on the
+    bottom edge, the outermost of those ends (plus 10 %) set the side edges.
+    """
+    segs = _receding(segments)
+    segs = segs[_pointing_at(vp[None], segs, 3.0)[0]] if len(segs) else segs
+    reach = np.array([0.18 * width, 0.18 * height, 0.18 * width, 0.18 * height])  # left, top, right, bottom
+    if len(segs):
+        first_nearer = (np.linalg.norm(segs[:, :2] - vp, axis=1) < np.linalg.norm(segs[:, 2:] - vp, axis=1))
+        offset = np.where(first_nearer[:, None], segs[:, :2], segs[:, 2:]) - vp
+        sideways = np.abs(offset[:, 0]) / width > np.abs(offset[:, 1]) / height
+        wedges = [sideways & (offset[:, 0] < 0), ~sideways & (offset[:, 1] < 0),
+                  sideways & (offset[:, 0] > 0), ~sideways & (offset[:, 1] > 0)]
+        for side, wedge in enumerate(wedges):
+            if wedge.sum() >= 2:
+                reach[side] = np.percentile(np.abs(offset[wedge, side % 2]), 10)
+        floor = wedges[3] & (np.abs(offset[:, 1] - reach[3]) < 0.15 * reach[3])  # ends on the bottom edge
+        if floor.sum() >= 2:
+            reach[0] = 1.1 * max(-offset[floor, 0].min(), 0.0)
+            reach[2] = 1.1 * max(offset[floor, 0].max(), 0.0)
+    reach = np.clip(reach, 0.04 * np.array([width, height] * 2), 0.45 * np.array([width, height] * 2))
+    x0, y0 = np.maximum(vp - reach[:2], 1.0)
+    x1, y1 = np.minimum(vp + reach[2:], [width - 1.0, height - 1.0])
+    return np.array([x0, y0, x1, y1])
+
+
+# -- texturing ------------------------------------------------------------------------------------------
+
+# Face f = axis * 2 + (ray direction > 0) lies on the plane q[axis] = lo or hi. Its texture runs along the
+# other two room axes, chosen so that images stay upright on walls.
+_FACE_AXES = np.array([[2, 1], [2, 1], [0, 2], [0, 2], [0, 1], [0, 1]])
+
+
+def texture_atlas(room: Room, pixels: np.ndarray, K: np.ndarray) -> Atlas:
+    """Project every face's texels into the concept image; fill what it never saw by mirror extension."""
+    h_in, w_in = pixels.shape[:2]
+    # Match the image's resolution about a third of the way into the room, within the texture budget.
+    density = min(K[0, 0] / max(1.0, 0.35 * (room.hi[2] - room.lo[2])), MAX_TEXTURE_SIDE / (room.hi - room.lo).max())
+
+    def paint(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cam = points @ room.axes.T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            px = K[0, 0] * cam[..., 0] / cam[..., 2] + K[0, 2]
+            py = K[1, 1] * cam[..., 1] / cam[..., 2] + K[1, 2]
+        inside = (cam[..., 2] > 1e-6) & (px >= 0) & (px <= w_in) & (py >= 0) & (py <= h_in)
+        face = cv2.remap(pixels, np.where(inside, px - 0.5, 0).astype(np.float32),
+                         np.where(inside, py - 0.5, 0).astype(np.float32), cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REFLECT)
+        return mirror_fill(face, inside), inside
+
+    return build_atlas(room, density, paint)
+
+
+def build_atlas(room: Room, density: float,
+                paint: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]) -> Atlas:
+    """Pack the six faces into one atlas; `paint` colours a face from its texel centres (room coordinates)
+    and says which texels it saw."""
+    extent = room.hi - room.lo
+    sizes = [tuple(int(math.ceil(extent[a] * density)) + 1 for a in _FACE_AXES[f]) for f in range(6)]
+    pad = 2  # texels of clamped border around each face so bilinear sampling never mixes faces
+    origin = np.zeros((6, 2), int)
+    x = 0
+    for f, (su, _) in enumerate(sizes):  # one row of faces: six faces pack fine side by side
+        origin[f] = (x + pad, pad)
+        x += su + 2 * pad
+    colour = np.zeros((max(sv for _, sv in sizes) + 2 * pad, x, 3), np.uint8)
+    seen = np.zeros(colour.shape[:2], np.uint8)
+    start = np.stack([room.lo[_FACE_AXES[f]] for f in range(6)])
+    for f, (su, sv) in enumerate(sizes):
+        axis, (ua, va) = f // 2, _FACE_AXES[f]
+        u, v = pixel_centres(su, sv)
+        q = np.zeros((sv, su, 3))
+        q[..., axis] = room.hi[axis] if f % 2 else room.lo[axis]
+        q[..., ua] = start[f, 0] + u / density
+        q[..., va] = start[f, 1] + v / density
+        face, inside = paint(q)
+        ox, oy = origin[f]
+        colour[oy - pad: oy + sv + pad, ox - pad: ox + su + pad] = cv2.copyMakeBorder(
+            face, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        seen[oy: oy + sv, ox: ox + su] = inside
+    return Atlas(colour, seen, origin, _FACE_AXES.copy(), start, density)
+
+
+def mirror_fill(texture: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Fill unknown texels with the known texture reflected about the nearest known texel.
+
+    For an unknown texel p whose nearest known texel is q, the colour comes from q + (q - p), snapped to
+    the nearest known texel; patterns continue across the boundary instead of smearing into streaks.
+    """
+    if known.all():
+        return texture
+    if not known.any():
+        return np.full_like(texture, 128)
+    _, (ny, nx) = ndimage.distance_transform_edt(~known, return_indices=True)
+    rows, cols = np.indices(known.shape)
+    my = np.clip(2 * ny - rows, 0, known.shape[0] - 1)
+    mx = np.clip(2 * nx - cols, 0, known.shape[1] - 1)
+    sy, sx = ny[my, mx], nx[my, mx]  # reflected point, snapped into the known region
+    filled = texture.copy()
+    filled[~known] = texture[sy[~known], sx[~known]]
+    return filled
+
+
+# -- rendering -------------------------------------------------------------------------------------------
+
+
+def render(room: Room, atlas: Atlas, K: np.ndarray, c2w: np.ndarray, width: int,
+           height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RGB, exact depth (metres along the camera's z) and observed mask of the room from one camera.
+
+    Works per axis on (H, W) float32 planes: a ray's direction is linear in the pixel's column and row, so
+    it is built by broadcasting a row and a column instead of a full (H*W, 3) ray array.
+    """
+    u, v = pixel_centres(width, 1)[0][0], pixel_centres(1, height)[1][:, 0]
+    x_n = ((u - K[0, 2]) / K[0, 0]).astype(np.float32)[None, :]  # (1, W)
+    y_n = ((v - K[1, 2]) / K[1, 1]).astype(np.float32)[:, None]  # (H, 1)
+    to_room = room.axes.T @ c2w[:3, :3]
+    origin = room.axes.T @ c2w[:3, 3]
+    # In room coordinates, with camera depth z = 1 along every ray, so the exit parameter t is the depth.
+    dirs = [np.float32(a[0]) * x_n + np.float32(a[1]) * y_n + np.float32(a[2]) for a in to_room]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_axis = [np.where(d > 0, np.float32(hi - o), np.float32(lo - o)) / d
+                  for d, lo, hi, o in zip(dirs, room.lo, room.hi, origin)]
+    for t_a in t_axis:
+        t_a[~(t_a >= 0)] = np.inf  # rays parallel to a plane never reach it
+    t = np.minimum(np.minimum(t_axis[0], t_axis[1]), t_axis[2])
+    hit = [np.float32(o) + t * d for o, d in zip(origin, dirs)]
+    on_x = t_axis[0] == t  # faces 0/1: the side walls
+    on_y = ~on_x & (t_axis[1] == t)  # faces 2/3: ceiling and floor
+    towards = np.where(on_x, dirs[0], np.where(on_y, dirs[1], dirs[2])) > 0
+    face = np.where(on_x, 0, np.where(on_y, 2, 4)).astype(np.uint8) + towards
+    lo = room.lo.astype(np.float32)
+    density = np.float32(atlas.density)
+    # Face texture axes (_FACE_AXES): x walls run along (z, y), floor/ceiling (x, z), back/front (x, y).
+    along_u = np.where(on_x, hit[2] - lo[2], hit[0] - lo[0])
+    along_v = np.where(on_y, hit[2] - lo[2], hit[1] - lo[1])
+    offset = atlas.origin.astype(np.float32) - 0.5  # atlas pixel index of a face's texel centres
+    map_x = along_u * density + offset[face, 0]
+    map_y = along_v * density + offset[face, 1]
+    frame = cv2.remap(atlas.colour, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    observed = cv2.remap(atlas.observed, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+    return frame, t, observed.astype(bool)

@@ -1,0 +1,208 @@
+"""The generator's output: frames, metric depth, observed-vs-synthesised masks and cameras, as a plain folder.
+
+Folder layout (version 1), readable by any tool:
+
+    manifest.json        what made it: generator, versions, input hashes, resolved preset, timings, notes
+    input.png            the concept image as the generator saw it (8-bit RGB, upright)
+    frames/000000.png    one RGB frame per camera
+    depth.npz            depth (N,H,W) float32, metres along the camera z axis, 0 = unknown
+    observed.npz         observed (N,H,W) bool: True where the pixel shows what the input image saw
+    trajectory.npz       the cameras, in NVIDIA Lyra 2.0's layout (see trajectory.py)
+    preview.mp4          H.264 preview of the frames
+    contact_sheet.png    input, a few frames and their depth at a glance
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .errors import LyraAssetsError
+from .files import output_folder, write_atomically, write_json_atomically
+from .trajectory import CameraPath
+
+FORMAT_VERSION = 1
+FRAME_NAME = "{:06d}.png"
+
+
+@dataclass
+class Walkthrough:
+    frames: np.ndarray  # (N, H, W, 3) uint8
+    depth: np.ndarray  # (N, H, W) float32 metres, 0 = unknown
+    observed: np.ndarray  # (N, H, W) bool
+    path: CameraPath
+    input_image: np.ndarray  # (h, w, 3) uint8, the concept image
+    info: dict[str, Any] = field(default_factory=dict)  # becomes manifest.json
+
+    def __post_init__(self) -> None:
+        n, h, w = len(self.path), self.path.height, self.path.width
+        checks = [("frames", self.frames, (n, h, w, 3), np.uint8), ("depth", self.depth, (n, h, w), np.float32),
+                  ("observed", self.observed, (n, h, w), np.bool_)]
+        for name, array, shape, dtype in checks:
+            if array.shape != shape or array.dtype != dtype:
+                raise LyraAssetsError(
+                    f"walkthrough {name}: expected {shape} {np.dtype(dtype).name} for {n} cameras at {w}x{h}, "
+                    f"got {array.shape} {array.dtype.name}"
+                )
+
+    def __len__(self) -> int:
+        return len(self.path)
+
+    # -- writing ----------------------------------------------------------------------------------------
+
+    def save(self, folder: str | Path, force: bool = False) -> Path:
+        """Write the folder atomically (temporary name, then rename). Returns the final path."""
+        folder = Path(folder)
+        with output_folder(folder, force) as tmp:
+            (tmp / "frames").mkdir()
+            # PNG and zlib encoding release the GIL and x264 runs in its own process: write side by side.
+            with ThreadPoolExecutor(max_workers=3) as pool:
+                writes = [
+                    pool.submit(write_preview_mp4, tmp / "preview.mp4", self.frames, self.path.fps),
+                    pool.submit(_save_npz_fast, tmp / "depth.npz", depth=self.depth),
+                    pool.submit(_save_npz_fast, tmp / "observed.npz", observed=self.observed),
+                ]
+                writes += [pool.submit(cv2.imwrite, str(tmp / "frames" / FRAME_NAME.format(i)), frame[:, :, ::-1])
+                           for i, frame in enumerate(self.frames)]
+                for write in writes:
+                    write.result()
+            cv2.imwrite(str(tmp / "input.png"), self.input_image[:, :, ::-1])
+            self.path.to_lyra_npz(tmp / "trajectory.npz")
+            cv2.imwrite(str(tmp / "contact_sheet.png"), contact_sheet(self)[:, :, ::-1])
+            manifest = {"format": "lyra-assets walkthrough", "format_version": FORMAT_VERSION,
+                        "frames": len(self), "width": self.path.width, "height": self.path.height,
+                        "fps": self.path.fps, **self.info}
+            write_json_atomically(tmp / "manifest.json", manifest)
+        return folder
+
+    # -- reading ----------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Walkthrough":
+        """Read a walkthrough folder, with an error naming the file for anything missing or inconsistent."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise LyraAssetsError(f"{folder}: not a walkthrough folder (run `lyra-assets generate` to make one)")
+        for name in ("manifest.json", "trajectory.npz", "depth.npz", "frames", "input.png"):
+            if not (folder / name).exists():
+                raise LyraAssetsError(f"{folder / name}: missing from the walkthrough folder; regenerate it.")
+        try:
+            info = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise LyraAssetsError(f"{folder / 'manifest.json'}: not valid JSON ({exc})") from exc
+        path = CameraPath.from_lyra_npz(folder / "trajectory.npz", fps=float(info.get("fps", 16.0)))
+        frame_files = sorted((folder / "frames").glob("*.png"))
+        if len(frame_files) != len(path):
+            raise LyraAssetsError(
+                f"{folder / 'frames'}: {len(frame_files)} frames but trajectory.npz has {len(path)} cameras"
+            )
+        frames = np.stack([_read_rgb(f, path.width, path.height) for f in frame_files])
+        depth = _load_array(folder / "depth.npz", "depth", (len(path), path.height, path.width)).astype(np.float32)
+        bad = ~np.isfinite(depth) | (depth < 0)
+        if bad.any():
+            raise LyraAssetsError(
+                f"{folder / 'depth.npz'}: {int(bad.sum())} depth values are NaN, infinite or negative; "
+                "depth must be metres >= 0 (0 = unknown)"
+            )
+        if not (depth > 0).any():
+            raise LyraAssetsError(f"{folder / 'depth.npz'}: no valid depth at all (every value is 0 = unknown)")
+        observed_file = folder / "observed.npz"
+        observed = (_load_array(observed_file, "observed", depth.shape).astype(bool) if observed_file.exists()
+                    else np.ones(depth.shape, dtype=bool))
+        input_image = _read_rgb(folder / "input.png")
+        known = ("format", "format_version", "frames", "width", "height", "fps")
+        return cls(frames, depth, observed, path, input_image, {k: v for k, v in info.items() if k not in known})
+
+
+def _save_npz_fast(path: Path, **arrays: np.ndarray) -> None:
+    """np.savez_compressed at zlib level 1: several times faster than the default level, nearly as small."""
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            for key, value in arrays.items():
+                with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.ascontiguousarray(value), allow_pickle=False)
+
+    write_atomically(path, write)
+
+
+def _load_array(path: Path, key: str, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            array = data[key]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise LyraAssetsError(f"{path}: cannot read array {key!r} ({exc}); regenerate the walkthrough.") from exc
+    if array.shape != shape:
+        raise LyraAssetsError(f"{path}: {key} has shape {array.shape}, expected {shape} to match the cameras")
+    return array
+
+
+def _read_rgb(path: Path, width: int | None = None, height: int | None = None) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise LyraAssetsError(f"{path}: unreadable image; regenerate the walkthrough.")
+    if width is not None and image.shape[:2] != (height, width):
+        raise LyraAssetsError(f"{path}: {image.shape[1]}x{image.shape[0]} but the cameras are {width}x{height}")
+    return np.ascontiguousarray(image[:, :, ::-1])
+
+
+def write_preview_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
+    """H.264 (yuv420p, so every player opens it) through the ffmpeg binary that imageio-ffmpeg ships."""
+    import imageio_ffmpeg
+
+    height, width = frames.shape[1:3]
+    even = frames[:, : height - height % 2, : width - width % 2]  # yuv420p needs even sides
+    tmp = path.with_name(f".{path.stem}.tmp.mp4")
+    writer = imageio_ffmpeg.write_frames(
+        str(tmp), (even.shape[2], even.shape[1]), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+        macro_block_size=1, quality=7, ffmpeg_log_level="error", output_params=["-preset", "veryfast", "-movflags", "+faststart"],
+    )
+    writer.send(None)
+    for frame in even:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    tmp.replace(path)
+
+
+def depth_to_colour(depth: np.ndarray, far: float | None = None) -> np.ndarray:
+    """Depth (H, W) as an RGB image (near = bright, unknown = black), for eyes only."""
+    if far is None:
+        far = float(np.percentile(depth[depth > 0], 99)) if (depth > 0).any() else 1.0
+    scaled = np.clip(255 * (1 - depth / far), 0, 255).astype(np.uint8)
+    coloured = cv2.applyColorMap(scaled, cv2.COLORMAP_TURBO)[:, :, ::-1]
+    coloured[depth <= 0] = 0
+    return coloured
+
+
+def contact_sheet(walk: Walkthrough, columns: int = 5, tile_width: int = 320) -> np.ndarray:
+    """Input image, then `columns` evenly spaced frames over their depth and observed mask."""
+    h, w = walk.path.height, walk.path.width
+    tile_h = round(tile_width * h / w)
+    idx = np.linspace(0, len(walk) - 1, columns).round().astype(int)
+    far = float(np.percentile(walk.depth[walk.depth > 0], 99)) if (walk.depth > 0).any() else 1.0
+
+    def tile(image: np.ndarray) -> np.ndarray:
+        return cv2.resize(image, (tile_width, tile_h), interpolation=cv2.INTER_AREA)
+
+    shaded = [np.where(walk.observed[i][:, :, None], walk.frames[i], walk.frames[i] // 3 + 80) for i in idx]
+    rows = [
+        np.hstack([tile(walk.frames[i]) for i in idx]),
+        np.hstack([tile(depth_to_colour(walk.depth[i], far)) for i in idx]),
+        np.hstack([tile(s.astype(np.uint8)) for s in shaded]),
+    ]
+    grid = np.vstack(rows)
+    ih, iw = walk.input_image.shape[:2]
+    input_h = grid.shape[0]
+    input_tile = cv2.resize(walk.input_image, (round(iw * input_h / ih), input_h), interpolation=cv2.INTER_AREA)
+    sheet = np.hstack([input_tile, np.full((input_h, 8, 3), 255, np.uint8), grid])
+    for col, i in enumerate(idx):
+        x = input_tile.shape[1] + 8 + col * tile_width + 6
+        cv2.putText(sheet, f"frame {i}", (x, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(sheet, "input", (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    return sheet

@@ -1,0 +1,1 @@
+"""Walkthrough presets shipped with lyra-assets (one TOML file each, documented in place)."""

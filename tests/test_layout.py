@@ -1,0 +1,159 @@
+"""The embedded generator's geometry: tests that fail if poses, intrinsics, depth or texturing are wrong."""
+import cv2
+import numpy as np
+import pytest
+
+from lyra_assets.generators.layout import LayoutGenerator, LayoutHints, fit_room, mirror_fill
+from lyra_assets.images import load_concept_image
+from lyra_assets.motions import camera_path
+from lyra_assets.presets import available_presets, load_preset
+from lyra_assets.progress import silent
+from lyra_assets.trajectory import intrinsics_from_fov, pixel_rays, project
+
+SMALL = {"camera": {"width": 256, "height": 148}, "path": {"frames": 21}}
+
+
+@pytest.fixture(scope="module")
+def image(example_image):
+    return load_concept_image(example_image)
+
+
+def _walk(image, preset_name, overrides=SMALL, hints=None):
+    preset = load_preset(preset_name, overrides=overrides)
+    generator = LayoutGenerator(preset, hints or {})
+    path, notes = camera_path(preset, generator.survey(image))
+    return generator, generator.generate(image, path, silent), notes
+
+
+def psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * np.log10(255.0**2 / max(mse, 1e-12))
+
+
+def test_vanishing_point_of_the_example_is_found(image):
+    _, fit = fit_room(image.pixels, 60.0, 1.6, LayoutHints())
+    assert fit["vanishing_point_source"] == "detected"
+    # The example is rendered looking straight down a corridor: its vanishing point is the image centre.
+    assert np.allclose(fit["vanishing_point"], [480, 270], atol=6)
+    assert abs(fit["back_wall"][3] - 365.5) < 8  # the back wall's foot, where the floor tiles end
+
+
+def test_return_leg_frames_are_identical(image):
+    _, walk, _ = _walk(image, "walk_and_return")
+    n = len(walk)
+    assert not np.array_equal(walk.frames[0], walk.frames[n // 2])  # it did move
+    for i in range(n):
+        assert np.array_equal(walk.frames[i], walk.frames[n - 1 - i]), i
+        assert np.array_equal(walk.depth[i], walk.depth[n - 1 - i])
+
+
+def test_reprojection_with_depth_and_poses_matches(image):
+    _, walk, _ = _walk(image, "orbit")
+    path = walk.path
+    for i, j in [(0, 6), (5, 12), (20, 14)]:
+        rays = pixel_rays(path.K[j], path.width, path.height)
+        points = (rays * walk.depth[j][..., None]) @ path.c2w[j, :3, :3].T + path.c2w[j, :3, 3]
+        uv, z = project(path.K[i], np.linalg.inv(path.c2w[i]), points)
+        warped = cv2.remap(walk.frames[i], (uv[..., 0] - 0.5).astype(np.float32),
+                           (uv[..., 1] - 0.5).astype(np.float32), cv2.INTER_LINEAR)
+        seen_i = cv2.remap(walk.observed[i].astype(np.uint8), (uv[..., 0] - 0.5).astype(np.float32),
+                           (uv[..., 1] - 0.5).astype(np.float32), cv2.INTER_NEAREST)
+        inside = (uv[..., 0] > 1) & (uv[..., 0] < path.width - 1) & (uv[..., 1] > 1) & (uv[..., 1] < path.height - 1)
+        both = inside & (z > 0) & walk.observed[j] & (seen_i > 0)
+        assert both.mean() > 0.3
+        assert psnr(warped[both], walk.frames[j][both]) >= 30.0, (i, j)
+
+
+def test_reprojection_check_fails_with_a_wrong_pose(image):
+    _, walk, _ = _walk(image, "strafe")
+    path = walk.path
+    wrong = path.c2w[0].copy()
+    wrong[0, 3] += 0.15  # 15 cm off
+    rays = pixel_rays(path.K[10], path.width, path.height)
+    points = (rays * walk.depth[10][..., None]) @ path.c2w[10, :3, :3].T + path.c2w[10, :3, 3]
+    uv, _ = project(path.K[0], np.linalg.inv(wrong), points)
+    warped = cv2.remap(walk.frames[0], (uv[..., 0] - 0.5).astype(np.float32),
+                       (uv[..., 1] - 0.5).astype(np.float32), cv2.INTER_LINEAR)
+    assert psnr(warped[20:-20, 40:-40], walk.frames[10][20:-20, 40:-40]) < 30.0
+
+
+def test_depth_is_exact_on_the_room_surfaces(image):
+    generator, walk, _ = _walk(image, "look_around")
+    room = generator._fit(image)[0]
+    path = walk.path
+    for i in (0, 7, 15):
+        rays = pixel_rays(path.K[i], path.width, path.height).reshape(-1, 3)
+        points = (rays * walk.depth[i].reshape(-1, 1)) @ path.c2w[i, :3, :3].T + path.c2w[i, :3, 3]
+        assert np.abs(room.clearance(points)).max() < 1e-3  # every point lies on a face of the box
+
+
+def test_first_frame_reproduces_the_concept_image(image):
+    _, walk, _ = _walk(image, "walk_forward")
+    K_in = intrinsics_from_fov(60.0, image.width, image.height)
+    rays = pixel_rays(walk.path.K[0], walk.path.width, walk.path.height)
+    uv, _ = project(K_in, np.eye(4), rays)
+    expected = cv2.remap(cv2.GaussianBlur(image.pixels, (0, 0), 1.0), (uv[..., 0] - 0.5).astype(np.float32),
+                         (uv[..., 1] - 0.5).astype(np.float32), cv2.INTER_AREA)
+    seen = walk.observed[0]
+    assert seen.mean() > 0.9
+    assert psnr(cv2.GaussianBlur(walk.frames[0], (0, 0), 0.5)[seen], expected[seen]) > 28.0
+
+
+def test_look_around_marks_synthesised_pixels(image):
+    _, walk, _ = _walk(image, "look_around")
+    assert walk.observed[0].mean() > 0.9
+    assert walk.observed[len(walk) // 2].mean() < 0.1  # facing backwards: nothing of it was in the image
+
+
+@pytest.mark.parametrize("name", sorted(available_presets()))
+def test_no_camera_comes_closer_than_the_margin(image, name):
+    preset = load_preset(name, overrides={"path": {"frames": 41}})
+    generator = LayoutGenerator(preset, {})
+    space = generator.survey(image)
+    path, notes = camera_path(preset, space)
+    centres = np.concatenate([path.centres, (path.centres[1:] + path.centres[:-1]) / 2])
+    assert space.clearance(centres).min() >= preset.scene.margin_m - 1e-6
+    assert notes["min_clearance_m"] >= preset.scene.margin_m - 1e-6
+    assert np.allclose(path.c2w[0], np.eye(4))
+
+
+def test_a_path_that_would_enter_a_wall_is_shortened(image):
+    preset = load_preset("walk_forward", overrides={"path": {"distance_m": 40.0, "frames": 21}})
+    generator = LayoutGenerator(preset, {})
+    space = generator.survey(image)
+    path, notes = camera_path(preset, space)
+    assert notes["shortened"]["factor"] < 1.0
+    assert space.depth - path.centres[-1, 2] == pytest.approx(preset.scene.margin_m, abs=0.02)
+
+
+def test_sidecar_hints_are_used(image):
+    hints = {"vanishing_point": [400, 300], "back_wall": [300, 200, 520, 380]}
+    _, fit = fit_room(image.pixels, 60.0, 1.7, LayoutHints(**hints))
+    assert fit["vanishing_point"] == [400, 300] and fit["vanishing_point_source"] == "sidecar"
+    assert fit["back_wall"] == [300, 200, 520, 380] and fit["room_max_m"][1] == 1.7
+    with pytest.raises(Exception, match="must contain the vanishing point"):
+        fit_room(image.pixels, 60.0, 1.6, LayoutHints(vanishing_point=[100, 100], back_wall=[300, 200, 520, 380]))
+
+
+def test_an_image_without_lines_falls_back_to_a_default_room():
+    rng = np.random.default_rng(0)
+    blurry = cv2.GaussianBlur(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8), (0, 0), 8)
+    room, fit = fit_room(blurry, 60.0, 1.6, LayoutHints())
+    assert fit["vanishing_point_source"] == "default" and fit["vanishing_point"] == [150, 100]
+    assert room.hi[2] > 2.0 and room.lo[0] < 0 < room.hi[0]
+
+
+def test_generation_is_deterministic(image):
+    a = _walk(image, "strafe")[1]
+    b = _walk(image, "strafe")[1]
+    assert np.array_equal(a.frames, b.frames) and np.array_equal(a.depth, b.depth)
+
+
+def test_mirror_fill_reflects_the_pattern():
+    stripes = np.zeros((10, 40, 3), np.uint8)
+    stripes[:, ::4] = 255
+    known = np.zeros((10, 40), bool)
+    known[:, :20] = True
+    filled = mirror_fill(stripes, known)
+    assert np.array_equal(filled[:, :20], stripes[:, :20])
+    assert np.array_equal(filled[:, 20:39], stripes[:, 18::-1])  # column 19 + k shows column 19 - k
