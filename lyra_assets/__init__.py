@@ -1,7 +1,25 @@
-"""lyra-assets: one concept image in, a game-ready glTF level asset out."""
+"""lyra-assets: one concept image in, a game-ready glTF level asset out.
+
+    from lyra_assets import build, CameraPath, Walkthrough
+    result = build("concept.png", preset="walk_forward", out_dir="out/", progress=print)
+"""
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 try:
     __version__ = version("lyra-assets")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+source"
+
+# The public API, imported on first use so `import lyra_assets` stays light (no numba, no heavy stages).
+_EXPORTS = {
+    "build": "pipeline", "generate": "pipeline", "mesh": "pipeline",
+    "CameraPath": "trajectory", "Walkthrough": "walkthrough", "LyraAssetsError": "errors",
+}
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'lyra_assets' has no attribute {name!r}")
