@@ -187,8 +187,9 @@ def project(K: np.ndarray, w2c: np.ndarray, points: np.ndarray) -> tuple[np.ndar
     return uv, z
 
 
-def look_at(eye: np.ndarray, target: np.ndarray, down: np.ndarray = np.array([0.0, 1.0, 0.0])) -> np.ndarray:
-    """Camera-to-world pose at eye looking at target, with image-down as close to `down` as possible."""
+def look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Camera-to-world pose at eye looking at target, with image-down as close to world +y as possible."""
+    down = np.array([0.0, 1.0, 0.0])
     z = target - eye
     z = z / np.linalg.norm(z)
     x = np.cross(down, z)

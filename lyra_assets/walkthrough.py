@@ -161,7 +161,8 @@ def write_preview_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
     tmp = path.with_name(f".{path.stem}.tmp.mp4")
     writer = imageio_ffmpeg.write_frames(
         str(tmp), (even.shape[2], even.shape[1]), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-        macro_block_size=1, quality=7, ffmpeg_log_level="error", output_params=["-preset", "veryfast", "-movflags", "+faststart"],
+        macro_block_size=1, quality=7, ffmpeg_log_level="error",
+        output_params=["-preset", "veryfast", "-movflags", "+faststart"],
     )
     writer.send(None)
     for frame in even:

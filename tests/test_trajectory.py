@@ -29,10 +29,7 @@ def test_pixel_rays_hit_pixel_centres():
 
 def _random_path(n=17, seed=3):
     rng = np.random.default_rng(seed)
-    poses = [np.eye(4)]
-    for i in range(1, n):
-        pose = yaw_pose(rng.uniform(-1, 1), rng.normal(size=3))
-        poses.append(pose)
+    poses = [np.eye(4)] + [yaw_pose(rng.uniform(-1, 1), rng.normal(size=3)) for _ in range(1, n)]
     K = np.stack([intrinsics_from_fov(55 + i, 832, 480) for i in range(n)])
     return CameraPath(np.stack(poses), K, 832, 480)
 
