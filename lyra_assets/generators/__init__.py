@@ -19,6 +19,7 @@ from ..walkthrough import Walkthrough
 # name -> "module:class"; a backend's heavy imports happen only when it is chosen.
 REGISTRY = {
     "layout": "lyra_assets.generators.layout:LayoutGenerator",
+    "lyra2": "lyra_assets.generators.lyra2:Lyra2Generator",
 }
 DEFAULT = "layout"
 
