@@ -46,6 +46,9 @@ class ProgressBars:
         self.tasks: dict[str, Any] = {}
 
     def __call__(self, stage: str, done: int, total: int, message: str = "") -> None:
+        if stage == "notice":  # a line to read, not a bar
+            self.bars.console.print(f"note: {message}", highlight=False, soft_wrap=True)
+            return
         if stage not in self.tasks:
             self.tasks[stage] = self.bars.add_task(stage, total=total, message=message)
         self.bars.update(self.tasks[stage], completed=done, total=total, message=message)
@@ -87,23 +90,61 @@ def main(json_progress: bool) -> None:
     """Turn one concept image into a game-ready glTF level asset."""
 
 
+def job_options(command):
+    """The options that say what to generate: shared by `generate` and `build`."""
+    options = [
+        click.argument("image", type=click.Path(path_type=Path)),
+        click.option("--preset", "-p", help="Walkthrough preset (see `lyra-assets presets list`). [walk_forward]"),
+        click.option("--generator", "-g", help="Image-to-world generator. [layout]"),
+        click.option("--sidecar", type=click.Path(path_type=Path),
+                     help="Settings file (default: IMAGE's .toml/.json)."),
+        click.option("--trajectory", type=click.Path(path_type=Path),
+                     help="Camera path as a Lyra 2.0 trajectory.npz, instead of the preset's motion."),
+        click.option("--frames", type=int, help="Number of frames (overrides the preset)."),
+        click.option("--lyra-frames", is_flag=True, help="Round the frame count to Lyra 2.0's 1 + 80k."),
+        click.option("--fov", type=float, help="Horizontal field of view of the concept image, degrees."),
+        preset_dir_option,
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def output_options(command):
+    command = click.option("--force", is_flag=True, help="Replace existing outputs.")(command)
+    return click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"),
+                        show_default=True, help="Output folder; results go to OUT/<name>/.")(command)
+
+
+def asset_options(command):
+    """The options of the asset stages: shared by `build` and `mesh`."""
+    options = [
+        click.option("--voxel-size", type=float, help="Fusion voxel size in metres. [from the scene's extent]"),
+        click.option("--lod0-triangles", type=int, help="Triangle budget of LOD0. [150000]"),
+        click.option("--texture-size", type=int, help="Texture size of LOD0 in texels. [2048]"),
+        click.option("--lods", type=click.IntRange(2, 8), help="Levels of detail, LOD0 included. [4]"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _asset_settings(lod0_triangles: int | None, texture_size: int | None, lods: int | None):
+    from .assets.level import AssetSettings
+
+    given = {"lod0_triangles": lod0_triangles, "texture_size": texture_size,
+             # each further level keeps a quarter of the triangles, close to the default 25 %, 6 %, 1.5 %
+             "lod_ratios": None if lods is None else tuple(0.25**k for k in range(1, lods))}
+    return AssetSettings(**{k: v for k, v in given.items() if v is not None})
+
+
 @main.command()
-@click.argument("image", type=click.Path(path_type=Path))
-@click.option("--preset", "-p", help="Walkthrough preset (see `lyra-assets presets list`). [walk_forward]")
-@click.option("--generator", "-g", help="Image-to-world generator. [layout]")
-@click.option("--sidecar", type=click.Path(path_type=Path), help="Settings file (default: IMAGE's .toml/.json).")
-@click.option("--trajectory", type=click.Path(path_type=Path),
-              help="Camera path as a Lyra 2.0 trajectory.npz, instead of the preset's motion.")
-@click.option("--frames", type=int, help="Number of frames (overrides the preset).")
-@click.option("--lyra-frames", is_flag=True, help="Round the frame count to Lyra 2.0's 1 + 80k.")
-@click.option("--fov", type=float, help="Horizontal field of view of the concept image, degrees.")
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
-@click.option("--force", is_flag=True, help="Replace an existing output folder.")
-@preset_dir_option
+@job_options
+@output_options
 @click.pass_context
 def generate(ctx: click.Context, image: Path, preset: str | None, generator: str | None, sidecar: Path | None,
-             trajectory: Path | None, frames: int | None, lyra_frames: bool, fov: float | None, out_dir: Path,
-             force: bool, preset_dirs: tuple[Path, ...]) -> None:
+             trajectory: Path | None, frames: int | None, lyra_frames: bool, fov: float | None,
+             preset_dirs: tuple[Path, ...], out_dir: Path, force: bool) -> None:
     """Walk a camera through IMAGE: writes OUT/<name>/walkthrough/."""
     from .pipeline import generate as run_generate
 
@@ -111,6 +152,42 @@ def generate(ctx: click.Context, image: Path, preset: str | None, generator: str
         result = run_generate(image, preset, out_dir, generator, sidecar, trajectory, list(preset_dirs),
                               _overrides(frames, lyra_frames, fov), force, progress)
         finish(ctx, f"walkthrough: {result.walkthrough_dir}", {"walkthrough": str(result.walkthrough_dir)})
+
+
+@main.command()
+@job_options
+@output_options
+@asset_options
+@click.pass_context
+def build(ctx: click.Context, image: Path, preset: str | None, generator: str | None, sidecar: Path | None,
+          trajectory: Path | None, frames: int | None, lyra_frames: bool, fov: float | None,
+          preset_dirs: tuple[Path, ...], out_dir: Path, force: bool, voxel_size: float | None,
+          lod0_triangles: int | None, texture_size: int | None, lods: int | None) -> None:
+    """IMAGE to a game-ready glTF: writes OUT/<name>/<name>.glb, manifest.json, preview.png, walkthrough/."""
+    from .pipeline import build as run_build
+
+    with reporting(ctx) as progress:
+        result = run_build(image, preset, out_dir, generator, sidecar, trajectory, list(preset_dirs),
+                           _overrides(frames, lyra_frames, fov), _asset_settings(lod0_triangles, texture_size, lods),
+                           voxel_size, force, progress)
+        finish(ctx, f"asset: {result.glb}", result.outputs)
+
+
+@main.command()
+@click.argument("walkthrough", type=click.Path(path_type=Path))
+@output_options
+@asset_options
+@click.option("--name", help="Asset name. [the walkthrough's parent folder]")
+@click.pass_context
+def mesh(ctx: click.Context, walkthrough: Path, out_dir: Path, force: bool, voxel_size: float | None,
+         lod0_triangles: int | None, texture_size: int | None, lods: int | None, name: str | None) -> None:
+    """The asset stages alone, on a saved WALKTHROUGH folder: writes OUT/<name>/<name>.glb."""
+    from .pipeline import mesh as run_mesh
+
+    with reporting(ctx) as progress:
+        result = run_mesh(walkthrough, out_dir, name, _asset_settings(lod0_triangles, texture_size, lods), voxel_size,
+                          force, progress)
+        finish(ctx, f"asset: {result.glb}", result.outputs)
 
 
 def _overrides(frames: int | None, lyra_frames: bool, fov: float | None) -> dict[str, Any]:
@@ -158,3 +235,9 @@ def presets_show(ctx: click.Context, name: str, preset_dirs: tuple[Path, ...]) -
         preset = load_preset(name, list(preset_dirs))
         file = available_presets(list(preset_dirs))[name]
         click.echo(f"# resolved\n{json.dumps(preset.model_dump(), indent=2)}\n\n# {file}\n{file.read_text()}")
+
+
+from .daemon.commands import status, watch  # noqa: E402  the drop-folder daemon
+
+main.add_command(watch)
+main.add_command(status)

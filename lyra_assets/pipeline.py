@@ -1,19 +1,28 @@
-"""The pipeline, top to bottom: job -> camera path -> walkthrough (-> mesh -> LOD chain -> glTF).
+"""The pipeline, top to bottom: job -> camera path -> walkthrough -> fused mesh -> LOD chain -> glTF.
 
-The command line, the drop-folder daemon and the Blender add-on all call these functions.
+The command line, the drop-folder daemon and the Blender add-on all call these functions:
+`generate` (the walkthrough alone), `mesh` (the asset stages on a saved walkthrough) and `build` (both).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import __version__, generators
+from .assets.level import AssetSettings, make_level_asset
 from .errors import LyraAssetsError
-from .job import Job, load_job
+from .export.gltf import write_glb
+from .export.preview import render_preview
+from .files import write_json_atomically
+from .job import Job, load_job, safe_name
 from .motions import camera_path, keep_clear
 from .progress import Progress, silent
+from .reconstruct.fusion import fuse
+from .splats import export_splats
 from .walkthrough import Walkthrough
 
 
@@ -23,11 +32,29 @@ class GenerateResult:
     manifest: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class BuildResult:
+    glb: Path
+    manifest_path: Path
+    preview: Path
+    walkthrough_dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        return {"glb": str(self.glb), "manifest": str(self.manifest_path), "preview": str(self.preview),
+                "walkthrough": str(self.walkthrough_dir)}
+
+
 def walk(job: Job, progress: Progress = silent) -> Walkthrough:
     """Run the job's generator along the preset's (or the given) camera path."""
     started = time.perf_counter()
     generator = generators.create(job.generator, job.preset, job.generator_settings,
                                   source=f"{job.sidecar or 'settings'}")
+    if hasattr(generator, "set_text"):  # generators that take text: the job's prompt, or a caption file
+        generator.set_text(job.prompt, job.image_path)
+    if getattr(generator, "notice", None):  # e.g. a model licence the user must know of; the CLI prints it
+        progress("notice", 1, 1, generator.notice)
     progress("survey", 0, 1, f"{job.generator}: reading the scene")
     space = generator.survey(job.image)
     if job.trajectory is None:
@@ -56,10 +83,109 @@ def generate(image: str | Path, preset: str | None = None, out_dir: str | Path =
     """Concept image -> out_dir/<name>/walkthrough/ (frames, depth, cameras, previews, manifest)."""
     job = load_job(image, preset, generator, sidecar, trajectory, preset_dirs, overrides)
     target = Path(out_dir) / job.name / "walkthrough"
-    if target.exists() and not force:  # refuse before the work, not after it
-        raise LyraAssetsError(f"{target} already exists; pass --force to replace it, or choose another -o folder.")
+    _refuse_existing([target], force)
     walkthrough = walk(job, progress)
     progress("save", 0, 1, str(target))
     walkthrough.save(target, force=force)
     progress("save", 1, 1, str(target))
     return GenerateResult(target, walkthrough.info)
+
+
+def build(image: str | Path, preset: str | None = None, out_dir: str | Path = "out",
+          generator: str | None = None, sidecar: str | Path | None = None,
+          trajectory: str | Path | None = None, preset_dirs: list[Path] | None = None,
+          overrides: dict[str, Any] | None = None, asset_settings: AssetSettings | None = None,
+          voxel_size: float | None = None, force: bool = False, progress: Progress = silent) -> BuildResult:
+    """Concept image -> out_dir/<name>/<name>.glb, with manifest.json, preview.png and walkthrough/."""
+    job = load_job(image, preset, generator, sidecar, trajectory, preset_dirs, overrides)
+    folder = Path(out_dir) / job.name
+    _refuse_existing([folder / "walkthrough", folder / f"{job.name}.glb"], force)
+    walkthrough = walk(job, progress)
+    progress("save", 0, 1, "walkthrough")
+    walkthrough_dir = walkthrough.save(folder / "walkthrough", force=force)
+    progress("save", 1, 1, "walkthrough")
+    return _make_asset(walkthrough, walkthrough_dir, folder, job.name, asset_settings, voxel_size, force,
+                       progress)
+
+
+def mesh(walkthrough_dir: str | Path, out_dir: str | Path = "out", name: str | None = None,
+         asset_settings: AssetSettings | None = None, voxel_size: float | None = None, force: bool = False,
+         progress: Progress = silent) -> BuildResult:
+    """A saved walkthrough folder -> out_dir/<name>/<name>.glb (+ manifest.json, preview.png)."""
+    walkthrough_dir = Path(walkthrough_dir)
+    walkthrough = Walkthrough.load(walkthrough_dir)
+    if name is None:
+        parent = walkthrough_dir.resolve()
+        name = safe_name(parent.parent.name if parent.name == "walkthrough" else parent.name)
+    folder = Path(out_dir) / name
+    _refuse_existing([folder / f"{name}.glb"], force)
+    return _make_asset(walkthrough, walkthrough_dir, folder, name, asset_settings, voxel_size, force, progress)
+
+
+def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, name: str,
+                settings: AssetSettings | None, voxel_size: float | None, force: bool,
+                progress: Progress) -> BuildResult:
+    settings = settings or AssetSettings()
+    timings = dict(walkthrough.info.get("timings_s", {}))
+
+    started = time.perf_counter()
+    fused = fuse(walkthrough, voxel_size, progress=progress)
+    timings["fuse"] = round(time.perf_counter() - started, 3)
+
+    started = time.perf_counter()
+    asset = make_level_asset(name, fused.mesh, walkthrough, settings, progress)
+    timings["assets"] = round(time.perf_counter() - started, 3)
+    generator = walkthrough.info.get("generator", {})
+    settings_used = walkthrough.info.get("settings", {})
+    asset.extras = {
+        "generator": generator.get("name"), "generator_version": generator.get("version"),
+        "model_licence": generator.get("licence"),
+        "preset": settings_used.get("preset", {}).get("name"), "job_key": walkthrough.info.get("job_key"),
+        "tool": f"lyra-assets {__version__}",
+    }
+
+    started = time.perf_counter()
+    progress("export", 0, 2, "glTF")
+    glb = folder / f"{name}.glb"
+    summary = write_glb(asset, glb)
+    outputs = {"glb": {"file": glb.name, "bytes": summary["bytes"]}}
+    if walkthrough.splats is not None:  # next to the GLB, in its frame: Y up, metres
+        splats_file = folder / f"{name}.splats.ply"
+        export_splats(walkthrough.splats, splats_file)
+        outputs["splats"] = {"file": splats_file.name, "bytes": splats_file.stat().st_size,
+                             "gaussians": len(walkthrough.splats)}
+    progress("export", 1, 2, "preview")
+    preview = folder / "preview.png"
+    shown = walkthrough.frames[np.linspace(0, len(walkthrough) - 1, 4).round().astype(int)]
+    render_preview(asset, walkthrough.input_image, list(shown), preview)
+    progress("export", 2, 2, "done")
+    timings["export"] = round(time.perf_counter() - started, 3)
+
+    manifest = {
+        "tool": {"name": "lyra-assets", "version": __version__},
+        "asset": name,
+        "job_key": walkthrough.info.get("job_key"),
+        "generator": generator,
+        "inputs": walkthrough.info.get("inputs"),
+        "settings": {**settings_used, "voxel_size_m": fused.voxel_size, "assets": asdict(settings)},
+        "camera_path": walkthrough.info.get("camera_path"),
+        "fusion": {"voxel_size_m": fused.voxel_size, "triangles": int(len(fused.mesh.faces)),
+                   "notes": fused.notes},
+        "lods": [{"node": f"{name}_LOD{i}", "triangles": int(len(lod.faces)), "vertices": int(len(lod.vertices)),
+                  "texture_size": int(lod.albedo.shape[0]), "screen_coverage": lod.screen_coverage,
+                  "geometric_error_m": lod.geometric_error} for i, lod in enumerate(asset.lods)],
+        "collider": {"node": f"{name}_collider", "triangles": int(len(asset.collider.faces))},
+        "timings_s": timings,
+        "outputs": {**outputs, "preview": {"file": preview.name, "bytes": preview.stat().st_size},
+                    "walkthrough": {"folder": str(walkthrough_dir)}},
+    }
+    manifest_path = folder / "manifest.json"
+    write_json_atomically(manifest_path, manifest)
+    return BuildResult(glb, manifest_path, preview, walkthrough_dir, manifest)
+
+
+def _refuse_existing(paths: list[Path], force: bool) -> None:
+    """Checked before any work starts, so a refusal costs nothing."""
+    for path in paths:
+        if path.exists() and not force:
+            raise LyraAssetsError(f"{path} already exists; pass --force to replace it, or choose another -o folder.")

@@ -8,6 +8,7 @@ Folder layout (version 1), readable by any tool:
     depth.npz            depth (N,H,W) float32, metres along the camera z axis, 0 = unknown
     observed.npz         observed (N,H,W) bool: True where the pixel shows what the input image saw
     trajectory.npz       the cameras, in NVIDIA Lyra 2.0's layout (see trajectory.py)
+    splats.ply           optional: the generator's 3D Gaussian splats, in this world frame (see splats.py)
     preview.mp4          H.264 preview of the frames
     contact_sheet.png    input, a few frames and their depth at a glance
 """
@@ -25,6 +26,7 @@ import numpy as np
 
 from .errors import LyraAssetsError
 from .files import output_folder, write_atomically, write_json_atomically
+from .splats import GaussianSplats, read_ply, write_ply
 from .trajectory import CameraPath
 
 FORMAT_VERSION = 1
@@ -39,6 +41,7 @@ class Walkthrough:
     path: CameraPath
     input_image: np.ndarray  # (h, w, 3) uint8, the concept image
     info: dict[str, Any] = field(default_factory=dict)  # becomes manifest.json
+    splats: GaussianSplats | None = None  # a splat generator's Gaussians, in the same world frame and metres
 
     def __post_init__(self) -> None:
         n, h, w = len(self.path), self.path.height, self.path.width
@@ -74,6 +77,8 @@ class Walkthrough:
                     write.result()
             cv2.imwrite(str(tmp / "input.png"), self.input_image[:, :, ::-1])
             self.path.to_lyra_npz(tmp / "trajectory.npz")
+            if self.splats is not None:
+                write_ply(tmp / "splats.ply", self.splats)
             cv2.imwrite(str(tmp / "contact_sheet.png"), contact_sheet(self)[:, :, ::-1])
             manifest = {"format": "lyra-assets walkthrough", "format_version": FORMAT_VERSION,
                         "frames": len(self), "width": self.path.width, "height": self.path.height,
@@ -116,8 +121,10 @@ class Walkthrough:
         observed = (_load_array(observed_file, "observed", depth.shape).astype(bool) if observed_file.exists()
                     else np.ones(depth.shape, dtype=bool))
         input_image = _read_rgb(folder / "input.png")
+        splats = read_ply(folder / "splats.ply") if (folder / "splats.ply").exists() else None
         known = ("format", "format_version", "frames", "width", "height", "fps")
-        return cls(frames, depth, observed, path, input_image, {k: v for k, v in info.items() if k not in known})
+        return cls(frames, depth, observed, path, input_image, {k: v for k, v in info.items() if k not in known},
+                   splats)
 
 
 def _save_npz_fast(path: Path, **arrays: np.ndarray) -> None:

@@ -1,0 +1,301 @@
+"""UV atlas: xatlas charts computed chunk by chunk, packed into one square atlas; tangent frames from the UVs.
+
+xatlas' chart computation grows about as n^1.9 in the faces of one mesh (50k triangles: 46 s), so the mesh
+is cut into spatial chunks of about CHUNK_FACES faces first and each chunk is charted on its own (xatlas
+charts the meshes of one atlas in parallel). Chunks are geodesic Voronoi regions around seeds spread by a
+median split: a plain spatial split leaves single faces hanging off every chunk's jagged border, and xatlas
+turns each of those into a chart of its own (measured: 3x the charts).
+
+Packing is a second xatlas run on the charts alone (`add_uv_mesh`): first every chart is scaled to its
+true surface area (xatlas enlarges tiny charts when it packs, so the first run's layout has no common
+scale), then the texel density is chosen from the charts' areas and outlines so the padded charts fill one
+size x size atlas. With a fixed resolution xatlas guarantees the padding in texels of the final texture.
+
+Texture coordinates follow glTF: (0, 0) is the top-left texel and v grows downwards (row = v * size).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
+import xatlas
+
+from ..errors import LyraAssetsError
+
+# At most this many faces per chunk (about 600 on average). bench/bench_assets.py, 20k triangles of a fused
+# room: 1.2 s chunked against 14.7 s in one piece.
+CHUNK_FACES = 1000
+CHART_GAP_M = 1.0  # between charts laid out for the packing run (any gap will do)
+# Chart growing in one pass, without xatlas' seed-relocating iterations: half the time on fused rooms,
+# about as many charts (measured 390 against 378 on a 150k-triangle LOD0).
+CHART_ITERATIONS = 0
+PACKING_EFFICIENCY = 0.62  # share of the atlas the padded charts get: xatlas fit them at 0.67, not 0.7
+DENSITY_RETRY = 0.9  # if the charts overflow one atlas anyway, pack again at 90 % of the density
+PACKING_TRIES = 12  # 0.9^12: down to 28 % of the estimate before giving up
+
+
+@dataclass
+class Atlas:
+    """A mesh split along chart borders, with texture coordinates in one square atlas."""
+
+    vertices: np.ndarray  # (V, 3) float32: vertices duplicated where charts meet
+    faces: np.ndarray  # (F, 3) uint32, the input faces in their input order
+    uv: np.ndarray  # (V, 2) float32 in [0, 1], glTF convention
+    source: np.ndarray  # (V,) int64: the input vertex each vertex was copied from
+    size: int  # texels along each side of the texture the layout was packed for
+    texels_per_metre: float  # texel density of the layout at `size`
+    padding: int  # at least this many texels around every chart at `size`
+
+
+def unwrap(vertices: np.ndarray, faces: np.ndarray, size: int, padding: int = 4,
+           texels_per_metre: float | None = None, chunk_faces: int = CHUNK_FACES) -> Atlas:
+    """Chart and pack a mesh into one size x size atlas.
+
+    texels_per_metre: the density to pack at; None fills the atlas. A density whose charts do not fit is
+    lowered until they do (the Atlas reports the density used).
+    """
+    vertices = np.asarray(vertices, np.float64)
+    faces = np.asarray(faces, np.int64)
+    if len(faces) == 0:
+        raise LyraAssetsError("UV unwrap: the mesh has no triangles")
+    split_source, split_faces, chart_uv = _charts(vertices, faces, _chunk_labels(vertices, faces, chunk_faces))
+    charts = _chart_ids(split_faces, len(split_source))
+    metric_uv = _to_metres(chart_uv, split_faces, vertices[split_source], charts)
+    density = texels_per_metre or _fill_density(metric_uv, split_faces, charts, size, padding)
+    packed_vertex, packed_faces, uv, density = _pack(metric_uv, split_faces, size, padding, density)
+    source = split_source[packed_vertex]
+    return Atlas(vertices[source].astype(np.float32), packed_faces.astype(np.uint32), uv.astype(np.float32),
+                 source, size, float(density), padding)
+
+
+# -- charts ------------------------------------------------------------------------------------------------
+
+
+def _chunk_labels(vertices: np.ndarray, faces: np.ndarray, chunk_faces: int) -> np.ndarray:
+    """(F,) chunk of each face: faces go to the seed nearest along the surface (geodesic Voronoi)."""
+    centres = vertices[faces].mean(axis=1)
+    leaves = _median_split(centres, chunk_faces)
+    if len(leaves) == 1:
+        return np.zeros(len(faces), np.int64)
+    seeds = np.array([leaf[np.argmin(np.linalg.norm(centres[leaf] - centres[leaf].mean(0), axis=1))]
+                      for leaf in leaves])
+    pairs = _face_adjacency(faces)
+    length = np.linalg.norm(centres[pairs[:, 0]] - centres[pairs[:, 1]], axis=1) + 1e-12
+    graph = scipy.sparse.coo_matrix((length, (pairs[:, 0], pairs[:, 1])), shape=(len(faces),) * 2).tocsr()
+    _, _, nearest_seed = scipy.sparse.csgraph.dijkstra(graph, directed=False, indices=seeds, min_only=True,
+                                                       return_predecessors=True)
+    seed_label = np.full(len(faces), -1, np.int64)
+    seed_label[seeds] = np.arange(len(seeds))
+    labels = np.where(nearest_seed >= 0, seed_label[np.maximum(nearest_seed, 0)], -1)
+    # Pieces that no seed reaches (small islands) keep their median-split leaf: xatlas charts each
+    # disconnected piece separately anyway.
+    leaf_of = np.empty(len(faces), np.int64)
+    for i, leaf in enumerate(leaves):
+        leaf_of[leaf] = i
+    return np.where(labels >= 0, labels, len(seeds) + leaf_of)
+
+
+def _median_split(points: np.ndarray, most: int) -> list[np.ndarray]:
+    """Index sets of at most `most` points: halve along the longest side until small enough."""
+    out, stack = [], [np.arange(len(points))]
+    while stack:
+        idx = stack.pop()
+        if len(idx) <= most:
+            out.append(idx)
+            continue
+        p = points[idx]
+        order = idx[np.argsort(p[:, np.argmax(np.ptp(p, axis=0))], kind="stable")]
+        stack += [order[: len(idx) // 2], order[len(idx) // 2:]]
+    return out
+
+
+def _edge_keys(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(3F,) edges as sorted vertex pairs, and one int64 key per edge (same edge, same key)."""
+    edges = np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
+    return edges, edges[:, 0] * (int(faces.max()) + 1) + edges[:, 1]
+
+
+def _face_adjacency(faces: np.ndarray) -> np.ndarray:
+    """(E, 2) pairs of faces sharing an edge."""
+    _, key = _edge_keys(faces)
+    owner = np.repeat(np.arange(len(faces)), 3)
+    order = np.argsort(key, kind="stable")
+    key, owner = key[order], owner[order]
+    same = np.flatnonzero(key[1:] == key[:-1])
+    return np.stack([owner[same], owner[same + 1]], axis=1)
+
+
+def _charts(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
+    """xatlas charts per chunk: (source vertex, faces, chart-space UVs) of the mesh split at chart borders."""
+    atlas = xatlas.Atlas()
+    chunk_faces, chunk_vertices = [], []
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    for members in np.split(order, bounds):
+        used, local = np.unique(faces[members], return_inverse=True)
+        atlas.add_mesh(vertices[used].astype(np.float32), local.reshape(-1, 3).astype(np.uint32))
+        chunk_faces.append(members)
+        chunk_vertices.append(used)
+    charting = xatlas.ChartOptions()
+    charting.max_iterations = CHART_ITERATIONS
+    pack = xatlas.PackOptions()
+    pack.texels_per_unit = 1e-2  # a tiny layout: only the charts matter here, the real packing comes later
+    pack.padding = 0
+    atlas.generate(charting, pack)
+    scale = np.array([atlas.width, atlas.height], np.float64)
+    sources, split_faces, uvs = [], np.empty((len(faces), 3), np.int64), []
+    offset = 0
+    for i, (members, used) in enumerate(zip(chunk_faces, chunk_vertices)):
+        vmap, index, uv = atlas[i]
+        if len(index) != len(members):
+            raise LyraAssetsError(f"UV unwrap: xatlas returned {len(index)} faces for a chunk of {len(members)}")
+        sources.append(used[vmap])
+        split_faces[members] = index.astype(np.int64) + offset
+        uvs.append(uv * scale)
+        offset += len(vmap)
+    return np.concatenate(sources), split_faces, np.concatenate(uvs)
+
+
+def _chart_ids(faces: np.ndarray, n_vertices: int) -> np.ndarray:
+    """(V,) chart of each split vertex: charts are the pieces the split mesh falls into."""
+    rows = faces[:, [0, 1]].ravel()
+    cols = faces[:, [1, 2]].ravel()
+    graph = scipy.sparse.coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n_vertices,) * 2)
+    return scipy.sparse.csgraph.connected_components(graph, directed=False)[1]
+
+
+def _to_metres(uv: np.ndarray, faces: np.ndarray, positions: np.ndarray, charts: np.ndarray) -> np.ndarray:
+    """Scale each chart so its UV area equals its surface area (UV units = metres), and lay the charts
+    out side by side: xatlas treats UV vertices at one position as one, so charts must not touch."""
+    surface = _areas(positions, faces)
+    flat = np.abs(_signed_uv_areas(uv, faces))
+    face_chart = charts[faces[:, 0]]
+    n = charts.max() + 1
+    scale = np.sqrt(np.bincount(face_chart, surface, n) / np.maximum(np.bincount(face_chart, flat, n), 1e-30))
+    scaled = uv * scale[charts, None]
+    low = np.stack([np.full(n, np.inf), np.full(n, np.inf)], axis=1)
+    high = -low
+    np.minimum.at(low, charts, scaled)
+    np.maximum.at(high, charts, scaled)
+    width = high[:, 0] - low[:, 0]
+    start = np.concatenate([[0.0], np.cumsum(width + CHART_GAP_M)[:-1]])
+    return scaled - low[charts] + np.column_stack([start, np.zeros(n)])[charts]
+
+
+# -- packing ----------------------------------------------------------------------------------------------
+
+
+def _fill_density(uv: np.ndarray, faces: np.ndarray, charts: np.ndarray, size: int, padding: int) -> float:
+    """Texels per metre at which the padded charts fill PACKING_EFFICIENCY of the atlas.
+
+    A chart of area a and outline length L padded by p texels covers about a t^2 + L t p' + pi p'^2 texels
+    at density t (p' = p + 1: bilinear filtering's extra texel); solve sum = efficiency * size^2 for t.
+    """
+    area = float(np.abs(_signed_uv_areas(uv, faces)).sum())
+    outline = float(_boundary_length(uv, faces))
+    n_charts = int(charts.max()) + 1
+    pad = padding + 1
+    a, b, c = area, outline * pad, n_charts * math.pi * pad * pad - PACKING_EFFICIENCY * size * size
+    if area <= 0:
+        raise LyraAssetsError("UV unwrap: the mesh has no surface area")
+    disc = b * b - 4 * a * c
+    # c >= 0: the paddings alone would fill the atlas; aim for a sliver of density and let xatlas say.
+    return (-b + math.sqrt(disc)) / (2 * a) if c < 0 else 0.1 * size / math.sqrt(area)
+
+
+def _pack(uv: np.ndarray, faces: np.ndarray, size: int, padding: int,
+          density: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(vertex of `uv` per packed vertex, packed faces, packed UVs in [0, 1], density used)."""
+    for _ in range(PACKING_TRIES):
+        atlas = xatlas.Atlas()
+        atlas.add_uv_mesh(uv.astype(np.float32), faces.astype(np.uint32))
+        options = xatlas.PackOptions()
+        options.resolution = size
+        options.texels_per_unit = density
+        options.padding = padding
+        options.bilinear = True
+        atlas.generate(xatlas.ChartOptions(), options)
+        if atlas.atlas_count == 1:
+            vmap, index, packed = atlas[0]
+            return vmap.astype(np.int64), index.astype(np.int64), np.clip(packed, 0.0, 1.0), density
+        density *= DENSITY_RETRY
+    raise LyraAssetsError(
+        f"UV unwrap: the charts with their {padding}-texel gutters do not fit one {size}x{size} atlas at any "
+        f"density; use a larger --texture-size or fewer --lod0-triangles ({len(faces):,} triangles now)"
+    )
+
+
+# -- measures ---------------------------------------------------------------------------------------------
+
+
+def _areas(positions: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    p = positions[faces]
+    return 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1)
+
+
+def _signed_uv_areas(uv: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    t = uv[faces]
+    e1, e2 = t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]
+    return 0.5 * (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
+
+
+def _boundary_length(uv: np.ndarray, faces: np.ndarray) -> float:
+    """Total length of the edges used by one face only: the charts' outlines."""
+    edges, key = _edge_keys(faces)
+    _, first, counts = np.unique(key, return_index=True, return_counts=True)
+    border = edges[first[counts == 1]]
+    return float(np.linalg.norm(uv[border[:, 0]] - uv[border[:, 1]], axis=1).sum())
+
+
+# -- tangent frames ---------------------------------------------------------------------------------------
+
+
+def tangents(vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """(V, 4) glTF TANGENT: unit xyz along +u, orthogonal to the normal; w = +-1 so that
+    bitangent = w * cross(normal, tangent) points along -v (towards the image's top, glTF's +Y).
+
+    MikkTSpace-like: per-face tangent and bitangent from the UV gradients, normalised, summed at each
+    corner weighted by the corner's angle, then orthogonalised against the vertex normal.
+    """
+    v = np.asarray(vertices, np.float64)
+    f = np.asarray(faces, np.int64)
+    n = np.asarray(normals, np.float64)
+    p, t = v[f], np.asarray(uv, np.float64)[f]
+    e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
+    du1, du2 = t[:, 1, 0] - t[:, 0, 0], t[:, 2, 0] - t[:, 0, 0]
+    dv1, dv2 = -(t[:, 1, 1] - t[:, 0, 1]), -(t[:, 2, 1] - t[:, 0, 1])  # image-up is +Y: flip v
+    det = du1 * dv2 - du2 * dv1
+    ok = np.abs(det) > 1e-20
+    inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)[:, None]
+    face_t = _unit((e1 * dv2[:, None] - e2 * dv1[:, None]) * inv)
+    face_b = _unit((e2 * du1[:, None] - e1 * du2[:, None]) * inv)
+    angles = _corner_angles(p)
+    acc_t, acc_b = np.zeros_like(v), np.zeros_like(v)
+    for corner in range(3):
+        w = angles[:, corner:corner + 1]
+        np.add.at(acc_t, f[:, corner], face_t * w)
+        np.add.at(acc_b, f[:, corner], face_b * w)
+    tangent = acc_t - n * np.sum(acc_t * n, axis=1, keepdims=True)
+    norm = np.linalg.norm(tangent, axis=1, keepdims=True)
+    # A vertex whose UVs collapsed has no direction of its own: any perpendicular keeps the frame valid.
+    fallback = np.cross(n, np.where(np.abs(n[:, :1]) < 0.9, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]]))
+    tangent = np.where(norm > 1e-12, tangent / np.maximum(norm, 1e-30), _unit(fallback))
+    handed = np.where(np.sum(np.cross(n, tangent) * acc_b, axis=1) < 0, -1.0, 1.0)
+    return np.hstack([tangent, handed[:, None]]).astype(np.float32)
+
+
+def _corner_angles(p: np.ndarray) -> np.ndarray:
+    out = np.empty(p.shape[:2])
+    for k in range(3):
+        a = _unit(p[:, (k + 1) % 3] - p[:, k])
+        b = _unit(p[:, (k + 2) % 3] - p[:, k])
+        out[:, k] = np.arccos(np.clip(np.sum(a * b, axis=1), -1.0, 1.0))
+    return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0)
