@@ -27,6 +27,17 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def read_npz(path: Path, what: str) -> dict[str, Any]:
+    """All arrays of an .npz file, or an error that names the file and what it should have been."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise LyraAssetsError(f"{path}: not a readable {what} ({exc})") from exc
+
+
 def write_json_atomically(path: Path, data: Any) -> None:
     text = json.dumps(data, indent=2, ensure_ascii=False, default=_json_default) + "\n"
     write_atomically(path, lambda f: f.write(text.encode("utf-8")))

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import LyraAssetsError
-from .files import write_atomically
+from .files import read_npz, write_atomically
 from .progress import Progress, silent
 from .trajectory import CameraPath, pixel_rays, project
 
@@ -374,11 +374,7 @@ def read_lyra_cameras(path: str | Path, n_frames: int, requested_c2w: np.ndarray
     not say their direction.
     """
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as exc:
-        raise LyraAssetsError(f"{path}: not a readable cameras.npz ({exc})") from exc
+    arrays = read_npz(path, "cameras.npz")
     key = next((k for k in _POSE_KEYS if k in arrays and _is_pose_stack(arrays[k])), None)
     if key is None:
         key = next((k for k in sorted(arrays) if ("c2w" in k or "w2c" in k) and _is_pose_stack(arrays[k])), None)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LyraAssetsError
-from .files import write_atomically
+from .files import read_npz, write_atomically
 
 LYRA_CHUNK = 80  # Lyra 2.0 generates 80 new frames per chunk after the first frame
 
@@ -66,11 +66,7 @@ class CameraPath:
     @classmethod
     def from_lyra_npz(cls, path: str | Path, fps: float = 16.0) -> "CameraPath":
         path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        except (OSError, ValueError) as exc:
-            raise LyraAssetsError(f"{path}: not a readable .npz trajectory ({exc})") from exc
+        arrays = read_npz(path, ".npz trajectory")
         missing = {"w2c", "intrinsics", "image_height", "image_width"} - arrays.keys()
         if missing:
             raise LyraAssetsError(
