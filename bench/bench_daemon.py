@@ -1,0 +1,196 @@
+"""Soak benchmark of the drop-folder daemon (`lyra-assets watch`) with the embedded `layout` generator.
+
+Three runs on the same kind of job (a 256x144 concept image, the blockout settings below):
+
+1. direct    `build()` called in this process, one job after another: the pipeline's own time per job
+2. daemon    the same number of jobs dropped into a watched folder with one worker: time per job through
+             the daemon, and the daemon's own overhead per job: the CPU time of the daemon process itself
+             (scanning, claiming, validating and keying, the journal, filing) and the idle gap between one
+             job's end and the next one's start
+3. soak      --jobs distinct images dropped at once with --workers: jobs per minute, the daemon's CPU time
+             per job, and the resident memory (RSS) of the daemon and of its workers sampled over the run; a
+             leak shows as growth between the early and the late samples
+
+Wall times depend on what else the machine is doing; the load average is printed with them.
+
+    .venv/bin/python bench/bench_daemon.py                       # 500 jobs, 2 workers
+    .venv/bin/python bench/bench_daemon.py --jobs 100 --workers 1
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "corridor.png"
+SETTINGS = """\
+voxel_size_m = 0.2
+[camera]
+width = 208
+height = 120
+[path]
+frames = 9
+[assets]
+lod0_triangles = 2000
+texture_size = 256
+"""
+OVERHEAD_JOBS = 20
+STALL_S = 60  # a job silent this long is stopped and retried (the daemon's default, an hour, suits big jobs)
+
+
+def concept_image(i: int) -> bytes:
+    image = Image.open(EXAMPLE).convert("RGB").resize((256, 144))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([4, 4, 20, 20], fill=((i * 37) % 256, (i * 91) % 256, (i * 53 + 7) % 256))
+    draw.rectangle([24, 4, 40, 20], fill=(i % 256, (i // 256) % 256, 200))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def direct_seconds_per_job(folder: Path, jobs: int) -> float:
+    """The pipeline alone, in this process, after one warm-up job (imports, JIT compilation)."""
+    import tomllib
+
+    from lyra_assets.assets.level import AssetSettings
+    from lyra_assets.pipeline import build
+
+    settings = tomllib.loads(SETTINGS)
+    overrides = {k: settings[k] for k in ("camera", "path")}
+
+    def run(i: int) -> None:
+        image = folder / f"direct {i}.png"
+        image.write_bytes(concept_image(10_000 + i))
+        build(image, out_dir=folder / "out", overrides=overrides, asset_settings=AssetSettings(**settings["assets"]),
+              voxel_size=settings["voxel_size_m"])
+
+    run(-1)
+    started = time.perf_counter()
+    for i in range(jobs):
+        run(i)
+    return (time.perf_counter() - started) / jobs
+
+
+class Soak:
+    """A daemon on a fresh root; `jobs` distinct images dropped at once; RSS sampled until all are built."""
+
+    def __init__(self, folder: Path, jobs: int, workers: int, first_image: int) -> None:
+        self.root = folder / "root"
+        (self.root / "inbox").mkdir(parents=True)
+        (self.root / "defaults.toml").write_text(SETTINGS)
+        self.jobs, self.workers, self.first_image = jobs, workers, first_image
+        self.log = folder / "daemon.log"
+        self.samples: list[tuple[int, float, float]] = []  # (jobs done, daemon MiB, workers MiB)
+        self.daemon_cpu_s = 0.0
+
+    def run(self) -> dict:
+        with open(self.log, "wb") as log:
+            daemon = subprocess.Popen([sys.executable, "-m", "lyra_assets", "watch", str(self.root), "--workers",
+                                       str(self.workers), "--settle", "0.5", "--scan-every", "0.5",
+                                       "--stall-timeout", str(STALL_S)],
+                                      stdout=subprocess.DEVNULL, stderr=log)
+            try:
+                while not self.events("started"):
+                    time.sleep(0.1)
+                for i in range(self.jobs):  # appear whole: written under a temporary name, then renamed
+                    part = self.root / "inbox" / f"concept {i}.png.part"
+                    part.write_bytes(concept_image(self.first_image + i))
+                    part.rename(part.with_suffix(""))
+                finished = 0
+                while finished < self.jobs:
+                    time.sleep(1.0)
+                    finished = len(self.events("done")) + len(self.events("failed"))
+                    self.samples.append((finished, rss_mib(daemon.pid), sum(map(rss_mib, children(daemon.pid)))))
+                self.daemon_cpu_s = cpu_seconds(daemon.pid)
+            finally:
+                daemon.send_signal(signal.SIGTERM)
+                daemon.wait()
+        done, failed = self.events("done"), self.events("failed")
+        first_claim = min(stamp(e) for e in self.events("claimed"))
+        finished = sorted(stamp(e) for e in done + failed)
+        wall = finished[-1] - first_claim
+        started = sorted(stamp(e) for e in self.events("running"))
+        gaps = [b - a for a, b in zip(finished, started[1:], strict=False)]  # meaningful with one worker
+        return {"jobs": self.jobs, "done": len(done), "failed": len(failed), "wall_s": wall,
+                "jobs_per_minute": 60 * len(done) / wall,
+                # after the first job, which also pays for starting the worker (imports, JIT compilation)
+                "steady_seconds_per_job": (finished[-1] - finished[0]) / (len(finished) - 1),
+                "first_job_s": finished[0] - started[0], "daemon_cpu_s_per_job": self.daemon_cpu_s / self.jobs,
+                "gap_s": sum(gaps) / len(gaps), "stalled": len(self.events("stalled"))}
+
+    def events(self, kind: str) -> list[dict]:
+        lines = self.log.read_text(encoding="utf-8", errors="replace").splitlines()
+        return [e for e in map(json.loads, filter(lambda line: line.startswith("{"), lines)) if e["event"] == kind]
+
+
+def stamp(event: dict) -> float:
+    return datetime.fromisoformat(event["time"]).timestamp()
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    print(f"daemon soak: {os.cpu_count()} CPUs; each job a 256x144 image, 9 frames of 208x120, voxel 0.2 m, "
+          f"LOD0 2000 triangles, 256 px textures")
+    with tempfile.TemporaryDirectory() as tmp:
+        direct = direct_seconds_per_job(Path(tmp), OVERHEAD_JOBS)
+    with tempfile.TemporaryDirectory() as tmp:
+        through = Soak(Path(tmp), OVERHEAD_JOBS, workers=1, first_image=20_000).run()
+    print(f"direct build()        {direct:6.3f} s/job ({OVERHEAD_JOBS} jobs in one process, after a warm-up job)")
+    print(f"through the daemon    {through['steady_seconds_per_job']:6.3f} s/job (1 worker, {OVERHEAD_JOBS} jobs "
+          f"dropped at once; its first job, starting the worker, took {through['first_job_s']:.1f} s)")
+    print(f"daemon overhead       {through['daemon_cpu_s_per_job'] * 1000:6.1f} ms CPU/job in the daemon process, "
+          f"{through['gap_s'] * 1000:.1f} ms from one job's end to the next one's start")
+    print(f"load average          {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        soak = Soak(Path(tmp), args.jobs, args.workers, first_image=0)
+        result = soak.run()
+    print(f"soak                  {result['done']} done, {result['failed']} failed of {args.jobs} in "
+          f"{result['wall_s']:.0f} s with {args.workers} workers: {result['jobs_per_minute']:.1f} jobs/minute, "
+          f"{result['daemon_cpu_s_per_job'] * 1000:.1f} ms daemon CPU/job (load average {os.getloadavg()[0]:.1f}); "
+          f"{result['stalled']} runs stopped as stuck after {STALL_S} s without progress, and run again")
+    print("RSS (MiB)             jobs done   daemon   workers (sum)")
+    samples = soak.samples
+    for fraction in (0.1, 0.25, 0.5, 0.75, 1.0):
+        done, daemon, workers = min(samples, key=lambda s: abs(s[0] - fraction * args.jobs))
+        print(f"                      {done:9d} {daemon:8.0f} {workers:9.0f}")
+    print(f"                      max       {max(s[1] for s in samples):8.0f} {max(s[2] for s in samples):9.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The drop folder on disk, and filing originals into done/ and failed/ without ever overwriting one.
+
+    ROOT/inbox/            artists drop images here (with optional foo.toml / foo.json sidecars)
+    ROOT/work/<job>/       a claimed job: its image and sidecar, renamed here atomically
+    ROOT/out/<name>/       the job's outputs and its status.json
+    ROOT/done/             originals after success (duplicates with a .duplicate.json note)
+    ROOT/failed/           originals that could not be built, each with a .error.json
+    ROOT/journal.sqlite3   the journal (WAL)
+    ROOT/defaults.toml     optional settings for every job of this folder
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import LyraAssetsError
+
+NAME_BYTES = 240  # under the usual 255-byte limit on a file name
+
+
+@dataclass(frozen=True)
+class DropRoot:
+    path: Path
+
+    @classmethod
+    def open(cls, path: str | Path, create: bool) -> DropRoot:
+        root = cls(Path(path).expanduser().resolve())
+        if create:
+            for folder in (root.inbox, root.work, root.out, root.done, root.failed):
+                folder.mkdir(parents=True, exist_ok=True)
+        elif not root.journal.exists():
+            raise LyraAssetsError(f"{root.path}: not a drop folder (no journal.sqlite3); "
+                                  f"start `lyra-assets watch {root.path}` first.")
+        return root
+
+    @property
+    def inbox(self) -> Path:
+        return self.path / "inbox"
+
+    @property
+    def work(self) -> Path:
+        return self.path / "work"
+
+    @property
+    def out(self) -> Path:
+        return self.path / "out"
+
+    @property
+    def done(self) -> Path:
+        return self.path / "done"
+
+    @property
+    def failed(self) -> Path:
+        return self.path / "failed"
+
+    @property
+    def journal(self) -> Path:
+        return self.path / "journal.sqlite3"
+
+    @property
+    def defaults(self) -> Path:
+        return self.path / "defaults.toml"
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.work / job_id
+
+
+def new_job_id() -> str:
+    """Sortable by claim time, unique across daemons."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(4)
+
+
+def printable(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 (a Latin-1 name from an old share) become U+FFFD. The
+    journal, the logs and done/ and failed/ use this form; only the inbox sees the name as it was."""
+    return os.fsencode(name).decode("utf-8", "replace")
+
+
+def file_group(files: list[tuple[Path, str]], folder: Path, stem: str) -> list[Path | None]:
+    """Move (current path, wanted name) pairs into `folder`; every wanted name starts with `stem`. If any name
+    is taken, the whole group moves as stem~2..., stem~3..., so an image, its sidecar and its note stay
+    together. Never overwrites; the caller holds the journal's write lock, so two daemons never pick the same
+    free name. Returns where each file went (None for one already gone: a finished earlier try moved it)."""
+    rests = [name[len(stem):] for _, name in files]
+    present = [os.path.lexists(src) for src, _ in files]
+    for n in range(1, 100_000):
+        tag = "" if n == 1 else f"~{n}"
+        head = _fit(stem, tag + max(rests, key=len))
+        targets = [folder / (head + tag + rest) for rest in rests]
+        if not any(os.path.lexists(target) for target in targets):
+            for (src, _), target, there in zip(files, targets, present, strict=True):
+                if there:
+                    os.rename(src, target)  # a rename moves a symbolic link itself, never what it points to
+            return [target if there else None for target, there in zip(targets, present, strict=True)]
+    raise RuntimeError(f"{folder}: no free name for {stem}")
+
+
+def _fit(stem: str, longest_rest: str) -> str:
+    """Shorten the stem so the longest name of the group stays under the file-name limit."""
+    while stem and len((stem + longest_rest).encode("utf-8", "surrogateescape")) > NAME_BYTES:
+        stem = stem[:-1]
+    return stem
