@@ -47,6 +47,9 @@ texture_size = 256
 """
 LONG_JOB = "[camera]\nwidth = 416\nheight = 240\n[path]\nframes = 61\n"  # a few seconds: time to interrupt it
 WAIT_S = 300  # generous bounds on every wait; nothing here asserts a duration
+# The UV stage (xatlas) now and then hangs in a native thread join; a run silent this long is stopped and
+# run again, so a test sees at most a retry, which the assertions below allow only with a "stalled" event.
+STALL_S = "30"
 
 
 # -- helpers shared with test_daemon_ray.py ------------------------------------------------------------------
@@ -60,7 +63,7 @@ class Daemon:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lyra_assets", "watch", str(root), "--settle", str(settle), "--scan-every", "0.5",
-             *args], stdout=subprocess.DEVNULL, stderr=self._log)
+             "--stall-timeout", STALL_S, *args], stdout=subprocess.DEVNULL, stderr=self._log)
         wait_until(lambda: self.events("started") or self.proc.poll() is not None, "the daemon to start", self)
         assert self.proc.poll() is None, self.log_text()
 
@@ -91,6 +94,19 @@ class Daemon:
     def __exit__(self, *exc) -> None:
         if self.proc.poll() is None:
             self.kill()
+
+
+def stalls(*daemons: Daemon) -> Counter:
+    """Runs stopped as stuck, by job."""
+    return Counter(e["job"] for d in daemons for e in d.events("stalled"))
+
+
+def assert_runs_once(*daemons: Daemon) -> Counter:
+    """Every job ran once, plus once more for each run stopped as stuck. Returns the runs by job."""
+    runs = Counter(e["job"] for d in daemons for e in d.events("running"))
+    stuck = stalls(*daemons)
+    assert all(n == 1 + stuck[job] for job, n in runs.items()), (runs, stuck)
+    return runs
 
 
 def wait_until(condition, what: str, *daemons: Daemon, timeout: float = WAIT_S):
@@ -324,8 +340,7 @@ def run_drop(tmp_path: Path, *daemon_args: str) -> list[dict]:
         gltf = read_glb(folder / f"{folder.name}.glb")
         assert {f"{folder.name}_LOD0"} <= {n.get("name") for n in gltf["nodes"]}
         assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporaries left behind
-    runs = daemon.events("running")
-    assert len(runs) == len(drop.valid) and all(e["attempt"] == 1 for e in runs)
+    assert len(assert_runs_once(daemon)) == len(drop.valid)
 
     # Nothing lost: every input is in done/ or failed/, byte for byte (links as links), nothing else is.
     filed = {p.name: content(p) for folder in ("done", "failed") for p in (root / folder).iterdir()
@@ -336,10 +351,14 @@ def run_drop(tmp_path: Path, *daemon_args: str) -> list[dict]:
 
     done = {p.name for p in (root / "done").iterdir()}
     assert set(map(printable, drop.valid)) <= done and set(drop.duplicates) <= done
+    # Of identical images, whichever came first was built; each other one points at that asset.
     by_sha = {m["inputs"]["image_sha256"]: m for m in manifests}
-    for name, sha in drop.duplicates.items():  # each duplicate points at the asset built from its twin
-        note = json.loads((root / "done" / f"{name}.duplicate.json").read_text())
-        assert note["output"] == f"out/{by_sha[sha]['asset']}/"
+    sha_of = {**drop.valid, **drop.duplicates}
+    notes = {p.name.removesuffix(".duplicate.json"): json.loads(p.read_text())
+             for p in (root / "done").glob("*.duplicate.json")}
+    assert len(notes) == len(drop.duplicates)
+    for name, note in notes.items():
+        assert note["output"] == f"out/{by_sha[sha_of[name]]['asset']}/"
 
     # Every bad file is in failed/ with an error that says what is wrong and what to do.
     for name, says in drop.bad.items():
@@ -349,7 +368,7 @@ def run_drop(tmp_path: Path, *daemon_args: str) -> list[dict]:
     jobs = status_json(root)["jobs"]
     assert Counter(j["state"] for j in jobs) == {"done": len(drop.valid), "duplicate": len(drop.duplicates),
                                                   "failed": len(drop.bad)}
-    assert all(j["attempts"] == 0 for j in jobs)
+    assert all(j["attempts"] == stalls(daemon)[j["job"]] for j in jobs)
 
     # Nothing was written outside the root (the links' targets included).
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "outside", "root"]
@@ -420,7 +439,7 @@ def test_kill_9_mid_job_then_restart_completes_once(tmp_path):
         second.signal(signal.SIGTERM)
         assert second.wait() == 0
     job = assert_built_once(root)
-    assert job["attempts"] == 1  # the interrupted run counts
+    assert job["attempts"] == 1 + stalls(second).total()  # the interrupted run counts
 
 
 def test_sigterm_mid_job_exits_cleanly_and_the_job_completes_after_restart(tmp_path):
@@ -440,7 +459,7 @@ def test_sigterm_mid_job_exits_cleanly_and_the_job_completes_after_restart(tmp_p
         wait_until(lambda: settled(root, 1), "the job to complete after the restart", second)
         second.signal(signal.SIGINT)  # Ctrl-C stops it the same way
         assert second.wait() == 0
-    assert assert_built_once(root)["attempts"] == 0
+    assert assert_built_once(root)["attempts"] == stalls(second).total()
 
 
 def test_sigterm_lets_the_running_job_finish_within_the_grace_period(tmp_path):
@@ -452,7 +471,7 @@ def test_sigterm_lets_the_running_job_finish_within_the_grace_period(tmp_path):
         assert daemon.wait() == 0
         events = [e["event"] for e in daemon.events()]
     assert events.index("stopping") < events.index("done") < events.index("stopped")
-    assert assert_built_once(root)["attempts"] == 0
+    assert assert_built_once(root)["attempts"] == stalls(daemon).total()
 
 
 def test_a_run_that_keeps_crashing_ends_in_failed_after_max_attempts(tmp_path):
@@ -499,12 +518,12 @@ def test_two_daemons_on_one_root_run_each_job_once(tmp_path):
             (root / "inbox" / name).write_bytes(data)
         wait_until(lambda: settled(root, len(images) + len(copies)), "all jobs to finish", a, b)
         claimed = [e["file"] for d in (a, b) for e in d.events("claimed")]
-        built = [e["job"] for d in (a, b) for e in d.events("running")]
+        built = assert_runs_once(a, b)
         for daemon in (a, b):
             daemon.signal(signal.SIGTERM)
             assert daemon.wait() == 0
     assert sorted(claimed) == sorted({**images, **copies})  # every file claimed by exactly one daemon
-    assert len(built) == len(set(built)) == len(images)  # every distinct image built once, by one daemon
+    assert len(built) == len(images)  # every distinct image built once, by one daemon
     manifests = [json.loads(p.read_text()) for p in (root / "out").glob("*/manifest.json")]
     assert sorted(m["inputs"]["image_sha256"] for m in manifests) == sorted(
         hashlib.sha256(d).hexdigest() for d in images.values())

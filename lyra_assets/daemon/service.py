@@ -132,6 +132,7 @@ class Service:
                  return_when=FIRST_COMPLETED)
             self.journal.heartbeat(self.id)  # still alive: no other daemon may take these jobs over
             self.collect()
+            self.stop_stalled(time.time())
         if self.running:
             log("interrupting", jobs=sorted(self.running))
             self.executor.interrupt()
