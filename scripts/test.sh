@@ -10,6 +10,12 @@ PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# A regular install (the README's first command) leaves numba's kernel caches in site-packages/lyra_assets;
+# that folder would shadow the editable install as a namespace package, so it goes first.
+if [ -f .venv/lib/python3.11/site-packages/lyra_assets/__init__.py ]; then
+    .venv/bin/python -m pip uninstall --quiet --yes lyra-assets
+fi
+rm -rf .venv/lib/python3.11/site-packages/lyra_assets
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
 npm ci --no-audit --no-fund --loglevel=error
