@@ -33,17 +33,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "corridor.png"
-SETTINGS = """\
-voxel_size_m = 0.2
-[camera]
-width = 208
-height = 120
-[path]
-frames = 9
-[assets]
-lod0_triangles = 2000
-texture_size = 256
-"""
+SETTINGS = (EXAMPLE.parent / "blockout_defaults.toml").read_text()
 OVERHEAD_JOBS = 20
 STALL_S = 60  # a job silent this long is stopped and retried (the daemon's default, an hour, suits big jobs)
 

@@ -33,18 +33,7 @@ from lyra_assets.walkthrough import Walkthrough
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "corridor.png"
-FAST_DEFAULTS = """\
-# a blockout farm: small, quick assets
-voxel_size_m = 0.2
-[camera]
-width = 208
-height = 120
-[path]
-frames = 9
-[assets]
-lod0_triangles = 2000
-texture_size = 256
-"""
+FAST_DEFAULTS = (REPO / "examples" / "blockout_defaults.toml").read_text()
 LONG_JOB = "[camera]\nwidth = 416\nheight = 240\n[path]\nframes = 61\n"  # a few seconds: time to interrupt it
 WAIT_S = 300  # generous bounds on every wait; nothing here asserts a duration
 # The UV stage (xatlas) now and then hangs in a native thread join; a run silent this long is stopped and
