@@ -119,7 +119,8 @@ def output_options(command):
 def asset_options(command):
     """The options of the asset stages: shared by `build` and `mesh`."""
     options = [
-        click.option("--voxel-size", type=float, help="Fusion voxel size in metres. [from the scene's extent]"),
+        click.option("--voxel-size", type=click.FloatRange(min=0, min_open=True),
+                     help="Fusion voxel size in metres. [from the scene's extent]"),
         click.option("--lod0-triangles", type=int, help="Triangle budget of LOD0. [150000]"),
         click.option("--texture-size", type=int, help="Texture size of LOD0 in texels. [2048]"),
         click.option("--lods", type=click.IntRange(2, 8), help="Levels of detail, LOD0 included. [4]"),

@@ -95,11 +95,15 @@ def test_bad_inputs_exit_2_with_a_message(tmp_path, small_sidecar):
         (["generate", small_sidecar, "--preset", "nope"], "unknown preset 'nope'; known presets:"),
         (["generate", small_sidecar, "--generator", "magic"], "unknown generator 'magic'; available: layout"),
         (["presets", "show", "nope"], "unknown preset"),
+        (["build", small_sidecar, "--voxel-size", "-1"], "not in the range x>0"),
+        (["build", small_sidecar, "--texture-size", "100"], "texture_size must be a power of two"),
+        (["build", small_sidecar, "--fov", "500"], "camera.hfov_deg"),
     ]
     for args, message in cases:
-        result = run(*args, "-o", tmp_path / "o") if args[0] == "generate" else run(*args)
+        result = run(*args, "-o", tmp_path / "o") if args[0] in ("generate", "build") else run(*args)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()  # refused before any work, nothing written
 
 
 def test_bad_sidecar_names_key_and_file(tmp_path, small_sidecar):
