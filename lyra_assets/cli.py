@@ -187,7 +187,7 @@ def build(ctx: click.Context, image: Path | None, sidecar: Path | None, trajecto
             if image or sidecar or trajectory or preset_dirs or layer:
                 raise LyraAssetsError("--from-manifest builds exactly what the manifest records; give it alone "
                                       "(with -o and --force if needed)")
-            spec = _recorded_spec(from_manifest)
+            spec = _recorded_spec(from_manifest, progress)
         elif image is None:
             raise LyraAssetsError("give the concept IMAGE to build (or --from-manifest out/<name>/manifest.json)")
         else:
@@ -217,7 +217,30 @@ def mesh(ctx: click.Context, walkthrough: Path, out_dir: Path, force: bool, name
         finish(ctx, f"asset: {result.glb}", result.outputs)
 
 
-def _recorded_spec(manifest_path: Path):
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--preset", "-p", help="The new segment's motion, from the chosen pose. [the world's preset]")
+@click.option("--trajectory", type=click.Path(path_type=Path),
+              help="The new segment's cameras as a Lyra trajectory.npz, relative to its first camera (placed at "
+                   "the chosen pose), instead of a preset's motion.")
+@click.option("--in-world", is_flag=True, help="The --trajectory cameras are in the world's frame already (the "
+                                               "first camera of the walkthrough): they start where they start.")
+@click.option("--from-frame", type=int, help="Start at this frame's camera; negative counts from the end. [-1]")
+@click.option("--frames", type=int, help="Frames of the new segment. [the world's, or the file's]")
+@asset_options
+@click.pass_context
+def extend(ctx: click.Context, folder: Path, preset: str | None, trajectory: Path | None, in_world: bool,
+           from_frame: int | None, **options: Any) -> None:
+    """Explore further: add a segment to the world in FOLDER (out/<name>) and rebuild its asset."""
+    with reporting(ctx) as progress:
+        from .pipeline import extend as run_extend
+
+        result = run_extend(folder, preset, trajectory, from_frame, in_world=in_world,
+                            options=settings_from_options(options), progress=progress)
+        finish(ctx, f"asset: {result.glb}", result.outputs)
+
+
+def _recorded_spec(manifest_path: Path, progress):
     from .provenance import Provenance
 
     try:
@@ -226,7 +249,11 @@ def _recorded_spec(manifest_path: Path):
         raise LyraAssetsError(f"{manifest_path}: not a readable manifest.json ({exc})") from exc
     if not isinstance(manifest, dict) or "provenance" not in manifest:
         raise LyraAssetsError(f"{manifest_path}: has no provenance record; give the manifest.json of a build")
-    return Provenance.from_json(manifest["provenance"], str(manifest_path)).spec()
+    recorded = Provenance.from_json(manifest["provenance"], str(manifest_path))
+    if recorded.segments:  # each extension was generated from the world before it, so it is not replayed here
+        progress("notice", 1, 1, f"{manifest_path}: this world was extended {len(recorded.segments)} time(s); "
+                                 f"--from-manifest rebuilds its first segment only (`lyra-assets extend` adds more)")
+    return recorded.spec()
 
 
 @main.group()

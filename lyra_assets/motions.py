@@ -29,10 +29,14 @@ class FreeSpace:
     clearance: Clearance | None  # None when the generator cannot know before generating (no check made)
 
 
-def camera_path(preset: Preset, space: FreeSpace) -> tuple[CameraPath, dict[str, Any]]:
-    """The preset's motion at the scene's scale, shortened to keep the margin. Returns (path, notes)."""
+def camera_path(preset: Preset, space: FreeSpace,
+                start: np.ndarray | None = None) -> tuple[CameraPath, dict[str, Any]]:
+    """The preset's motion at the scene's scale, shortened to keep the margin. Returns (path, notes).
+    `start` (camera-to-world) is where the motion begins [the first camera]: an extension starts elsewhere."""
     scale = space.depth / preset.scene.reference_depth_m
     c2w = _motion_poses(preset, space, scale)
+    if start is not None:
+        c2w = start @ c2w
     K = intrinsics_from_fov(preset.camera.hfov_deg, preset.camera.width, preset.camera.height)
     path = CameraPath(c2w, K, preset.camera.width, preset.camera.height, preset.path.fps)
     if preset.path.lyra_frame_count:

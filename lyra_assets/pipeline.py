@@ -1,11 +1,13 @@
 """The pipeline, top to bottom: job -> camera path -> walkthrough -> fused mesh -> LOD chain -> glTF.
 
 The command line, the drop-folder daemon and the Blender add-on all call these functions:
-`generate` (the walkthrough alone), `mesh` (the asset stages on a saved walkthrough) and `build` (both).
+`generate` (the walkthrough alone), `mesh` (the asset stages on a saved walkthrough), `build` (both) and
+`extend` (one more segment of a built world, and its asset rebuilt).
 """
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,8 @@ from .assets.level import make_level_asset
 from .errors import LyraAssetsError
 from .export.gltf import write_glb
 from .export.preview import render_preview
-from .files import write_json_atomically
+from .extend import extend_walkthrough
+from .files import output_folder, write_json_atomically
 from .images import load_concept_image
 from .job import JobSpec, resolve_job, safe_name
 from .motions import camera_path, keep_clear
@@ -150,6 +153,49 @@ def mesh(walkthrough_dir: str | Path, out_dir: str | Path = "out", name: str | N
     return _make_asset(walkthrough, walkthrough_dir, folder, name, provenance, force, progress)
 
 
+def extend(folder: str | Path, preset: str | None = None, trajectory: str | Path | None = None,
+           from_frame: int | None = None, *, in_world: bool = False, options: dict[str, Any] | None = None,
+           progress: Progress = silent) -> BuildResult:
+    """Grow the world built in `folder` (out/<name>/) by one segment of camera path, then rebuild its asset from
+    the whole walkthrough (see extend.py for where the segment starts). `options` may set the segment's [path]
+    and the asset's [assets], [fusion] and [export] (else as the asset was built).
+
+    Earlier frames stay byte for byte. Nothing under `folder` changes until everything is made, then the new
+    walkthrough and asset files are renamed into place: a failed extension leaves the earlier world as it was."""
+    folder = Path(folder)
+    walk_dir = folder / "walkthrough"
+    if not walk_dir.is_dir():
+        raise LyraAssetsError(f"{folder}: no walkthrough/ in it; give the folder a build wrote (out/<name>)")
+    options = options or {}
+    name, asset_settings = _built_asset(folder)
+    earlier = Walkthrough.load(walk_dir)
+    grown = extend_walkthrough(earlier, str(walk_dir), preset, trajectory, from_frame, in_world=in_world,
+                               options={k: v for k, v in options.items() if k not in MESH_OPTIONS},
+                               progress=progress)
+    asset_options = deep_merge(asset_settings, {k: v for k, v in options.items() if k in MESH_OPTIONS})
+    provenance = grown.provenance.respecified(grown.provenance.spec(asset_options))
+    with output_folder(walk_dir, force=True) as new_walk, \
+            tempfile.TemporaryDirectory(prefix=".extending.", dir=folder) as staged:
+        progress("save", 0, 1, "walkthrough")
+        grown.walkthrough.write_into(new_walk, walk_dir, grown.kept)
+        progress("save", 1, 1, "walkthrough")
+        built = _make_asset(grown.walkthrough, walk_dir, Path(staged), name, provenance, True, progress)
+        for file in Path(staged).iterdir():
+            file.replace(folder / file.name)
+    return BuildResult(folder / built.glb.name, folder / built.manifest_path.name, folder / built.preview.name,
+                       walk_dir, built.manifest)
+
+
+def _built_asset(folder: Path) -> tuple[str, dict[str, Any]]:
+    """The asset's name and its [assets], [fusion] and [export] settings, as its manifest records them."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        settings = manifest["provenance"]["job"]["settings"]
+        return str(manifest["asset"]), {k: settings[k] for k in MESH_OPTIONS if k in settings}
+    except (OSError, ValueError, KeyError, TypeError):  # a walkthrough without an asset yet
+        return safe_name(folder.resolve().name), {}
+
+
 def _recorded_provenance(walkthrough: Walkthrough, folder: Path, options: dict[str, Any] | None) -> Provenance:
     """The walkthrough's record with new asset options; for a walkthrough made by another tool, a record of
     its input image under the built-in settings."""
@@ -174,7 +220,7 @@ def _saved_walk(folder: Path, spec: JobSpec) -> Walkthrough | None:
         recorded = Provenance.from_json(info["provenance"], str(folder)).spec()
     except (OSError, ValueError, KeyError, LyraAssetsError):
         return None
-    if recorded.walk_key != spec.walk_key:
+    if recorded.walk_key != spec.walk_key or info.get("segments"):  # an extended world is more than this job
         return None
     return Walkthrough.load(folder)
 

@@ -1,7 +1,8 @@
 """Where an output came from: one typed record, saved with the walkthrough, the manifest and the GLB extras.
 
 It holds the job spec's record (so `lyra-assets build --from-manifest` can make the same asset again, with
-the same key) and what the generator says of itself (its version and its weights' licence).
+the same key) and what the generator says of itself (its version and its weights' licence). A world that
+`lyra-assets extend` grew also lists its segments; its key covers them (the job record is its first segment).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from . import __version__
 from .errors import LyraAssetsError
-from .job import JobSpec
+from .job import JobSpec, _digest
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Provenance:
     licence: str  # of the generator's model weights
     preset: str
     job: dict[str, Any]  # JobSpec.to_record()
+    segments: tuple[dict[str, Any], ...] = ()  # what `extend` added to the walkthrough, oldest first
 
     @classmethod
     def of(cls, spec: JobSpec, licence: str) -> Provenance:
@@ -30,8 +32,14 @@ class Provenance:
 
     def respecified(self, spec: JobSpec) -> Provenance:
         """The same walkthrough made into an asset under other settings (`mesh` with new asset options)."""
-        return Provenance(spec.key, self.tool, self.generator, self.generator_version, self.licence, self.preset,
-                          spec.to_record())
+        return Provenance(_key(spec.key, self.segments), self.tool, self.generator, self.generator_version,
+                          self.licence, self.preset, spec.to_record(), self.segments)
+
+    def extended(self, segment: dict[str, Any]) -> Provenance:
+        """The same world with one more segment (its record holds its own `key`)."""
+        segments = (*self.segments, segment)
+        return Provenance(_key(self.spec().key, segments), self.tool, self.generator, self.generator_version,
+                          self.licence, self.preset, self.job, segments)
 
     def spec(self, options: dict[str, Any] | None = None) -> JobSpec:
         return JobSpec.from_record(self.job, options, source=f"the recorded job {self.job_key}")
@@ -42,7 +50,7 @@ class Provenance:
     @classmethod
     def from_json(cls, data: Any, source: str) -> Provenance:
         try:
-            return cls(**data)
+            return cls(**{**data, "segments": tuple(data.get("segments", ()))})
         except TypeError as exc:
             raise LyraAssetsError(f"{source}: no valid provenance record ({exc}); was it made by lyra-assets "
                                   f"{__version__} or later?") from exc
@@ -51,3 +59,8 @@ class Provenance:
         """The short form carried in the GLB's extras and a USD's customData."""
         return {"generator": self.generator, "generator_version": self.generator_version,
                 "model_licence": self.licence, "preset": self.preset, "job_key": self.job_key, "tool": self.tool}
+
+
+def _key(first: str, segments: tuple[dict[str, Any], ...]) -> str:
+    """The first segment's job key, or for an extended world one over all segments' keys."""
+    return _digest([first, *(segment["key"] for segment in segments)]) if segments else first

@@ -64,7 +64,8 @@ class CameraPath:
     # -- Lyra 2.0 interchange -------------------------------------------------------------------------
 
     @classmethod
-    def from_lyra_npz(cls, path: str | Path, fps: float = 16.0) -> "CameraPath":
+    def from_lyra_npz(cls, path: str | Path, fps: float = 16.0, rebase: bool = True) -> "CameraPath":
+        """rebase: make the first camera the world (the default); off for cameras already in a world's frame."""
         path = Path(path)
         arrays = read_npz(path, ".npz trajectory")
         missing = {"w2c", "intrinsics", "image_height", "image_width"} - arrays.keys()
@@ -80,7 +81,7 @@ class CameraPath:
             raise LyraAssetsError(f"{path}: intrinsics must have shape ({len(w2c)}, 3, 3), got {K.shape}")
         height, width = (_scalar_int(arrays[key], path, key) for key in ("image_height", "image_width"))
         c2w = np.linalg.inv(w2c.astype(np.float64))
-        if not np.allclose(c2w[0], np.eye(4), atol=1e-6):
+        if rebase and not np.allclose(c2w[0], np.eye(4), atol=1e-6):
             c2w = np.linalg.inv(c2w[0]) @ c2w  # our world is the first camera
         return cls(c2w=c2w, K=K.astype(np.float64), width=width, height=height, fps=fps)
 

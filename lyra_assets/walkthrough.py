@@ -15,6 +15,8 @@ Folder layout (version 1), readable by any tool:
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,28 +65,39 @@ class Walkthrough:
         """Write the folder atomically (temporary name, then rename). Returns the final path."""
         folder = Path(folder)
         with output_folder(folder, force) as tmp:
-            (tmp / "frames").mkdir()
-            # PNG and zlib encoding release the GIL and x264 runs in its own process: write side by side.
-            with ThreadPoolExecutor(max_workers=3) as pool:
-                writes = [
-                    pool.submit(write_preview_mp4, tmp / "preview.mp4", self.frames, self.path.fps),
-                    pool.submit(_save_npz_fast, tmp / "depth.npz", depth=self.depth),
-                    pool.submit(_save_npz_fast, tmp / "observed.npz", observed=self.observed),
-                ]
-                writes += [pool.submit(cv2.imwrite, str(tmp / "frames" / FRAME_NAME.format(i)), frame[:, :, ::-1])
-                           for i, frame in enumerate(self.frames)]
-                for write in writes:
-                    write.result()
-            cv2.imwrite(str(tmp / "input.png"), self.input_image[:, :, ::-1])
-            self.path.to_lyra_npz(tmp / "trajectory.npz")
-            if self.splats is not None:
-                write_ply(tmp / "splats.ply", self.splats)
-            cv2.imwrite(str(tmp / "contact_sheet.png"), contact_sheet(self)[:, :, ::-1])
-            manifest = {"format": "lyra-assets walkthrough", "format_version": FORMAT_VERSION,
-                        "frames": len(self), "width": self.path.width, "height": self.path.height,
-                        "fps": self.path.fps, **self.info}
-            write_json_atomically(tmp / "manifest.json", manifest)
+            self.write_into(tmp)
         return folder
+
+    def write_into(self, tmp: Path, earlier: Path | None = None, kept: int = 0) -> None:
+        """Fill the empty folder `tmp`. The first `kept` frames and the input image are the files of the
+        walkthrough folder `earlier`, hard-linked (copied where links are impossible), never encoded again:
+        an extended walkthrough keeps its earlier frames byte for byte."""
+        (tmp / "frames").mkdir()
+        for i in range(kept):
+            _link_or_copy(earlier / "frames" / FRAME_NAME.format(i), tmp / "frames" / FRAME_NAME.format(i))
+        # PNG and zlib encoding release the GIL and x264 runs in its own process: write side by side.
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            writes = [
+                pool.submit(write_preview_mp4, tmp / "preview.mp4", self.frames, self.path.fps),
+                pool.submit(_save_npz_fast, tmp / "depth.npz", depth=self.depth),
+                pool.submit(_save_npz_fast, tmp / "observed.npz", observed=self.observed),
+            ]
+            writes += [pool.submit(cv2.imwrite, str(tmp / "frames" / FRAME_NAME.format(i)), self.frames[i, :, :, ::-1])
+                       for i in range(kept, len(self))]
+            for write in writes:
+                write.result()
+        if earlier is None:
+            cv2.imwrite(str(tmp / "input.png"), self.input_image[:, :, ::-1])
+        else:
+            _link_or_copy(earlier / "input.png", tmp / "input.png")
+        self.path.to_lyra_npz(tmp / "trajectory.npz")
+        if self.splats is not None:
+            write_ply(tmp / "splats.ply", self.splats)
+        cv2.imwrite(str(tmp / "contact_sheet.png"), contact_sheet(self)[:, :, ::-1])
+        manifest = {"format": "lyra-assets walkthrough", "format_version": FORMAT_VERSION,
+                    "frames": len(self), "width": self.path.width, "height": self.path.height,
+                    "fps": self.path.fps, **self.info}
+        write_json_atomically(tmp / "manifest.json", manifest)
 
     # -- reading ----------------------------------------------------------------------------------------
 
@@ -125,6 +138,13 @@ class Walkthrough:
         known = ("format", "format_version", "frames", "width", "height", "fps")
         return cls(frames, depth, observed, path, input_image, {k: v for k, v in info.items() if k not in known},
                    splats)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, target)
 
 
 def _save_npz_fast(path: Path, **arrays: np.ndarray) -> None:
