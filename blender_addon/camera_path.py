@@ -16,6 +16,9 @@ import numpy as np
 # Blender cameras look down their local -Z with +Y up; OpenCV cameras look down +Z with +Y down. The same
 # camera in OpenCV axes is the Blender camera turned half a turn about its x axis.
 BLENDER_TO_OPENCV_CAMERA = np.diag([1.0, -1.0, -1.0, 1.0])
+# An imported level's world (OpenCV axes, y down, z forward) in Blender's (Z up): glTF's Y-up axes, which the
+# exporter converts to, are turned Z-up by Blender's glTF importer, so x stays, z becomes Y and -y becomes Z.
+OPENCV_WORLD_TO_BLENDER = np.array([[1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, -1.0, 0, 0], [0, 0, 0, 1.0]])
 
 
 def focal_length_px(lens_mm: float, sensor_width_mm: float, sensor_height_mm: float, sensor_fit: str,
@@ -38,8 +41,8 @@ def intrinsics(focal_px: float, width: int, height: int) -> np.ndarray:
     return np.array([[focal_px, 0.0, width / 2.0], [0.0, focal_px, height / 2.0], [0.0, 0.0, 1.0]])
 
 
-def world_to_first_camera(blender_c2w: np.ndarray) -> np.ndarray:
-    """(N,4,4) world-to-camera poses in OpenCV axes, with the first camera as the world.
+def opencv_cameras(blender_c2w: np.ndarray) -> np.ndarray:
+    """(N,4,4) camera-to-world poses in OpenCV camera axes, in Blender's world.
 
     blender_c2w holds the cameras' world matrices. Object scale is divided out (a scaled camera still has a
     rigid pose). Blender units are taken as metres, as Blender's glTF importer takes the assets' metres."""
@@ -47,15 +50,28 @@ def world_to_first_camera(blender_c2w: np.ndarray) -> np.ndarray:
     if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or len(c2w) < 1:
         raise ValueError(f"camera matrices must have shape (N, 4, 4), got {c2w.shape}")
     c2w[:, :3, :3] /= np.linalg.norm(c2w[:, :3, :3], axis=1, keepdims=True)
-    opencv_c2w = c2w @ BLENDER_TO_OPENCV_CAMERA
+    return c2w @ BLENDER_TO_OPENCV_CAMERA
+
+
+def world_to_first_camera(blender_c2w: np.ndarray) -> np.ndarray:
+    """(N,4,4) world-to-camera poses in OpenCV axes, with the first camera as the world."""
+    opencv_c2w = opencv_cameras(blender_c2w)
     # camera i relative to camera 0: inverse(c2w_i) @ c2w_0 maps first-camera coordinates into camera i.
     return np.linalg.inv(opencv_c2w) @ opencv_c2w[0]
 
 
-def lyra_trajectory(blender_c2w: np.ndarray, focal_px: np.ndarray, width: int,
-                    height: int) -> dict[str, np.ndarray]:
-    """The arrays of a Lyra trajectory.npz for N camera world matrices and their N focal lengths."""
-    w2c = world_to_first_camera(blender_c2w)
+def world_to_level(blender_c2w: np.ndarray, level_matrix: np.ndarray) -> np.ndarray:
+    """(N,4,4) world-to-camera poses in the frame of an imported level (its walkthrough's world: the first
+    camera, OpenCV axes), for cameras placed around the level whose root has world matrix level_matrix."""
+    level = np.asarray(level_matrix, dtype=np.float64) @ OPENCV_WORLD_TO_BLENDER
+    return np.linalg.inv(np.linalg.inv(level) @ opencv_cameras(blender_c2w))
+
+
+def lyra_trajectory(blender_c2w: np.ndarray, focal_px: np.ndarray, width: int, height: int,
+                    level_matrix: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a Lyra trajectory.npz for N camera world matrices and their N focal lengths: relative to
+    the first camera, or in a level's world when its root's matrix is given."""
+    w2c = world_to_first_camera(blender_c2w) if level_matrix is None else world_to_level(blender_c2w, level_matrix)
     focal_px = np.broadcast_to(np.asarray(focal_px, dtype=np.float64), (len(w2c),))
     K = np.stack([intrinsics(f, width, height) for f in focal_px])
     return {"w2c": w2c.astype(np.float32), "intrinsics": K.astype(np.float32),

@@ -10,7 +10,7 @@ import tempfile
 import bpy
 import numpy as np
 
-from . import camera_path, preferences, protocol
+from . import camera_path, importer, preferences, protocol
 from .properties import DEFAULT_PRESET
 from .runner import PipelineError, PipelineRun
 
@@ -29,14 +29,39 @@ class Job:
 
 def start(context) -> Job:
     """Prepare the inputs of the scene's job and start the pipeline on them; PipelineError if it cannot."""
+    return _started(context, lambda temp_dir: protocol.build_command(preferences.get(context).base_command(),
+                                                                      build_request(context, temp_dir)))
+
+
+def start_extend(context, root) -> Job:
+    """Start extending the level `root` heads: from the scene camera's animation (placed around the level)
+    when the camera path is on, else by the chosen preset from the walkthrough's last pose."""
+    return _started(context, lambda temp_dir: protocol.extend_command(preferences.get(context).base_command(),
+                                                                       extend_request(context, root, temp_dir)))
+
+
+def _started(context, command) -> Job:
     temp_dir = tempfile.mkdtemp(prefix="lyra_assets_")
     try:
-        request = build_request(context, temp_dir)
-        argv = protocol.build_command(preferences.get(context).base_command(), request)
-        return Job(PipelineRun(argv), temp_dir)
+        return Job(PipelineRun(command(temp_dir)), temp_dir)
     except (PipelineError, ValueError):
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
+
+
+def extend_request(context, root, temp_dir: str) -> protocol.ExtendRequest:
+    settings = context.scene.lyra_assets
+    glb = root.get(importer.SOURCE_PROPERTY, "")
+    folder = os.path.dirname(glb)
+    if not glb or not os.path.isdir(os.path.join(folder, "walkthrough")):
+        raise PipelineError(f"{root.name}: its output folder ({folder or 'unknown'}) has no walkthrough to extend; "
+                            "generate the level again")
+    trajectory = ""
+    if settings.use_camera_path:
+        trajectory = os.path.join(temp_dir, "camera_path.npz")
+        export_camera_path(context, trajectory, level_matrix=np.array(root.matrix_world))
+    preset = "" if settings.extend_preset == DEFAULT_PRESET else settings.extend_preset
+    return protocol.ExtendRequest(folder, preset=preset, trajectory=trajectory, frames=settings.frames)
 
 
 def build_request(context, temp_dir: str) -> protocol.BuildRequest:
@@ -95,8 +120,9 @@ def save_image_copy(image, folder: str) -> str:
     return target
 
 
-def export_camera_path(context, path: str) -> None:
-    """The scene camera over the scene's frame range, as a Lyra trajectory.npz in the pipeline's axes."""
+def export_camera_path(context, path: str, level_matrix: np.ndarray | None = None) -> None:
+    """The scene camera over the scene's frame range, as a Lyra trajectory.npz in the pipeline's axes:
+    relative to its first pose, or in the frame of the level whose root has world matrix level_matrix."""
     scene = context.scene
     camera = scene.camera
     if camera is None or camera.type != 'CAMERA':
@@ -128,5 +154,5 @@ def export_camera_path(context, path: str) -> None:
                                                      data.sensor_fit, width, height))
     finally:
         scene.frame_set(current[0], subframe=current[1])
-    arrays = camera_path.lyra_trajectory(np.stack(matrices), np.array(focal), width, height)
+    arrays = camera_path.lyra_trajectory(np.stack(matrices), np.array(focal), width, height, level_matrix)
     camera_path.write_npz(path, arrays)

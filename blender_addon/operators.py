@@ -1,16 +1,18 @@
-"""Generate (modal while Blender's UI runs; synchronous from scripts and headless), Cancel, Refresh presets,
-and switching the shown LOD.
+"""Generate and Extend from Camera (modal while Blender's UI runs; synchronous from scripts and headless),
+Cancel, Show Walkthrough (its points and cameras), Refresh presets, and switching the shown LOD.
 
-Invoked from the UI, Generate starts the pipeline and returns; a window-manager timer then wakes the modal
+Invoked from the UI, a job starts the pipeline and returns; a window-manager timer then wakes the modal
 handler on the main thread, which drains the pipeline's events, moves the progress bar and does every bpy
 call (the import at the end included). Blender run headless calls `execute` even for INVOKE_DEFAULT, so
 `execute` runs the same job to the end before it returns and registers no timer.
 """
 from __future__ import annotations
 
+import os
+
 import bpy
 
-from . import importer, jobs
+from . import importer, jobs, world_view
 from .importer import ImportFailed
 from .properties import CATALOGUE
 from .protocol import JobProgress, ProgressEvent
@@ -48,53 +50,52 @@ class JobState:
 STATE = JobState()
 
 
-def _start(operator, context) -> bool:
-    STATE.error = ""
-    try:
-        STATE.begin(jobs.start(context))
-    except (PipelineError, ValueError) as exc:
-        _fail(operator, str(exc))
-        return False
-    return True
-
-
-def _finish(operator, context) -> set[str]:
-    """After the pipeline's output has ended: import what it built, or say why there is nothing."""
-    run = STATE.job.run
-    try:
-        outputs = run.outputs()
-        if "glb" not in outputs:
-            raise PipelineError("lyra-assets named no .glb among its outputs")
-        root = importer.import_asset(context, outputs["glb"])
-    except (PipelineError, ImportFailed) as exc:
-        if run.cancelled:
-            operator.report({'WARNING'}, "Lyra Assets: cancelled")
-        else:
-            _fail(operator, str(exc))
-        return {'CANCELLED'}
-    finally:
-        STATE.end()
-    operator.report({'INFO'}, f"Lyra Assets: imported {root.name} from {outputs['glb']}")
-    return {'FINISHED'}
-
-
 def _fail(operator, message: str) -> None:
     STATE.error = message
     operator.report({'ERROR'}, message)
 
 
-class LYRA_ASSETS_OT_generate(bpy.types.Operator):
-    bl_idname = "lyra_assets.generate"
-    bl_label = "Generate"
-    bl_description = "Build a level asset from the concept image and import it into the scene"
-    bl_options = {'REGISTER', 'UNDO'}
+class PipelineJob:
+    """Start a pipeline job, follow it (modal, with Esc and Cancel; or to the end in `execute`) and place what
+    it built into the scene. Subclasses say how to start (`begin`) and what to do with the outputs (`place`)."""
 
-    @classmethod
-    def poll(cls, context):
-        return not STATE.running
+    def begin(self, context) -> jobs.Job:
+        raise NotImplementedError
+
+    def place(self, context, outputs: dict[str, str]):
+        """Put the built level into the scene; returns its root."""
+        raise NotImplementedError
+
+    def _start(self, context) -> bool:
+        STATE.error = ""
+        try:
+            STATE.begin(self.begin(context))
+        except (PipelineError, ValueError) as exc:
+            _fail(self, str(exc))
+            return False
+        return True
+
+    def _finish(self, context) -> set[str]:
+        """After the pipeline's output has ended: place what it built, or say why there is nothing."""
+        run = STATE.job.run
+        try:
+            outputs = run.outputs()
+            if "glb" not in outputs:
+                raise PipelineError("lyra-assets named no .glb among its outputs")
+            root = self.place(context, outputs)
+        except (PipelineError, ImportFailed) as exc:
+            if run.cancelled:
+                self.report({'WARNING'}, "Lyra Assets: cancelled")
+            else:
+                _fail(self, str(exc))
+            return {'CANCELLED'}
+        finally:
+            STATE.end()
+        self.report({'INFO'}, f"Lyra Assets: imported {root.name} from {outputs['glb']}")
+        return {'FINISHED'}
 
     def execute(self, context):
-        if not _start(self, context):
+        if not self._start(context):
             return {'CANCELLED'}
         try:
             STATE.job.run.wait(STATE.on_event)
@@ -102,10 +103,10 @@ class LYRA_ASSETS_OT_generate(bpy.types.Operator):
             STATE.job.run.cancel()
             STATE.end()
             raise
-        return _finish(self, context)
+        return self._finish(context)
 
     def invoke(self, context, event):
-        if not _start(self, context):
+        if not self._start(context):
             return {'CANCELLED'}
         wm = context.window_manager
         self._timer = wm.event_timer_add(TIMER_S, window=context.window)
@@ -127,7 +128,7 @@ class LYRA_ASSETS_OT_generate(bpy.types.Operator):
             _show(context)
             return {'RUNNING_MODAL'}
         self._stop_timer(context)
-        result = _finish(self, context)
+        result = self._finish(context)
         _show(context)
         return result
 
@@ -140,6 +141,73 @@ class LYRA_ASSETS_OT_generate(bpy.types.Operator):
     def _stop_timer(self, context):
         context.window_manager.event_timer_remove(self._timer)
         context.workspace.status_text_set(None)
+
+
+class LYRA_ASSETS_OT_generate(PipelineJob, bpy.types.Operator):
+    bl_idname = "lyra_assets.generate"
+    bl_label = "Generate"
+    bl_description = "Build a level asset from the concept image and import it into the scene"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    @classmethod
+    def poll(cls, context):
+        return not STATE.running
+
+    def begin(self, context):
+        return jobs.start(context)
+
+    def place(self, context, outputs):
+        return importer.import_asset(context, outputs["glb"])
+
+
+class LYRA_ASSETS_OT_extend(PipelineJob, bpy.types.Operator):
+    bl_idname = "lyra_assets.extend"
+    bl_label = "Extend from Camera"
+    bl_description = ("Generate more of the active level: the scene camera's animation (with Camera path on) or "
+                      "a preset's motion from the walkthrough's last pose; the level is replaced by the rebuilt one")
+    bl_options = {'REGISTER', 'UNDO'}
+
+    @classmethod
+    def poll(cls, context):
+        return not STATE.running and importer.asset_root(context.active_object) is not None
+
+    def begin(self, context):
+        root = importer.asset_root(context.active_object)
+        self._level = root.name
+        return jobs.start_extend(context, root)
+
+    def place(self, context, outputs):
+        old = bpy.data.objects.get(self._level)
+        root = (world_view.replace_level(context, old, outputs["glb"]) if old is not None
+                else importer.import_asset(context, outputs["glb"]))
+        _show_points(context, root)
+        return root
+
+
+class LYRA_ASSETS_OT_show_points(bpy.types.Operator):
+    bl_idname = "lyra_assets.show_points"
+    bl_label = "Show Walkthrough"
+    bl_description = "Show the active level's walkthrough as points (and camera frustums) in its collection"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    @classmethod
+    def poll(cls, context):
+        return importer.asset_root(context.active_object) is not None
+
+    def execute(self, context):
+        try:
+            _show_points(context, importer.asset_root(context.active_object))
+        except (OSError, KeyError, ValueError) as exc:
+            self.report({'ERROR'}, f"cannot read the level's walkthrough: {exc}")
+            return {'CANCELLED'}
+        return {'FINISHED'}
+
+
+def _show_points(context, root) -> None:
+    settings = context.scene.lyra_assets
+    walkthrough = os.path.join(os.path.dirname(root[importer.SOURCE_PROPERTY]), "walkthrough")
+    world_view.show_walkthrough(context, walkthrough, root.users_collection[0], root.name, settings.max_points,
+                                settings.show_cameras)
 
 
 def _show(context) -> None:
@@ -200,5 +268,5 @@ class LYRA_ASSETS_OT_show_lod(bpy.types.Operator):
         return {'FINISHED'}
 
 
-classes = (LYRA_ASSETS_OT_generate, LYRA_ASSETS_OT_cancel, LYRA_ASSETS_OT_refresh_presets,
-           LYRA_ASSETS_OT_show_lod)
+classes = (LYRA_ASSETS_OT_generate, LYRA_ASSETS_OT_extend, LYRA_ASSETS_OT_show_points, LYRA_ASSETS_OT_cancel,
+           LYRA_ASSETS_OT_refresh_presets, LYRA_ASSETS_OT_show_lod)

@@ -1,5 +1,5 @@
-"""The sidebar tab in the 3D viewport: the job's settings, Generate/Cancel with a progress bar, and the LOD
-switch of the selected asset."""
+"""The sidebar tab in the 3D viewport: the job's settings, Generate/Cancel with a progress bar, Explore (the
+walkthrough's points, Extend from Camera) and the LOD switch of the selected asset."""
 from __future__ import annotations
 
 import textwrap
@@ -70,6 +70,37 @@ class VIEW3D_PT_lyra_assets_options(LyraAssetsPanel, bpy.types.Panel):
         layout.prop(settings, "force")
 
 
+class VIEW3D_PT_lyra_assets_explore(LyraAssetsPanel, bpy.types.Panel):
+    """Grow the active level: its walkthrough as points to plan the next shot, and Extend from Camera."""
+
+    bl_label = "Explore"
+    bl_parent_id = "VIEW3D_PT_lyra_assets"
+
+    @classmethod
+    def poll(cls, context):
+        return importer.asset_root(context.active_object) is not None
+
+    def draw(self, context):
+        settings = context.scene.lyra_assets
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        col = layout.column()
+        col.enabled = not STATE.running
+        row = col.row(align=True)
+        row.prop(settings, "max_points")
+        row.prop(settings, "show_cameras", text="", icon='CAMERA_DATA')
+        col.operator("lyra_assets.show_points", icon='POINTCLOUD_DATA')
+        camera_row = col.row()
+        camera_row.active = context.scene.camera is not None
+        camera_row.prop(settings, "use_camera_path", text="Camera path")
+        preset_row = col.row()
+        preset_row.active = not settings.use_camera_path
+        preset_row.prop(settings, "extend_preset")
+        if not STATE.running:
+            col.operator("lyra_assets.extend", icon='FORWARD')
+
+
 class VIEW3D_PT_lyra_assets_lods(LyraAssetsPanel, bpy.types.Panel):
     bl_label = "Levels of Detail"
     bl_parent_id = "VIEW3D_PT_lyra_assets"
@@ -102,4 +133,5 @@ def _wrapped(layout, text: str, context, icon: str) -> None:
         layout.label(text=line, icon=icon if i == 0 else 'BLANK1')
 
 
-classes = (VIEW3D_PT_lyra_assets, VIEW3D_PT_lyra_assets_options, VIEW3D_PT_lyra_assets_lods)
+classes = (VIEW3D_PT_lyra_assets, VIEW3D_PT_lyra_assets_options, VIEW3D_PT_lyra_assets_explore,
+           VIEW3D_PT_lyra_assets_lods)

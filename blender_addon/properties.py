@@ -102,6 +102,13 @@ class LyraAssetsSettings(bpy.types.PropertyGroup):
         name="Walk the active camera's animation",
         description="Use the scene camera's animation over the frame range as the walkthrough path instead of "
                     "the preset's motion (render resolution and lens included)")
+    extend_preset: bpy.props.EnumProperty(name="Then", items=_preset_items,
+                                          description="The motion of the next segment from the walkthrough's last "
+                                                      "pose, when the camera path is off (Default: the world's own)")
+    max_points: bpy.props.IntProperty(name="Points", min=1000, default=200_000,
+                                      description="Most points of the walkthrough to show (evenly thinned)")
+    show_cameras: bpy.props.BoolProperty(name="Cameras", default=True,
+                                         description="Show the walkthrough's cameras as frustums with its points")
     force: bpy.props.BoolProperty(name="Replace existing",
                                   description="Rebuild even if this image has been built into the output "
                                               "folder before, replacing what is there")

@@ -145,6 +145,28 @@ def build_command(base: list[str], request: BuildRequest) -> list[str]:
     return argv
 
 
+@dataclass(frozen=True)
+class ExtendRequest:
+    """One `extend` of a built level: a preset's motion from the walkthrough's last pose, or a trajectory
+    whose cameras are in the level's frame (a camera animated around the imported level)."""
+
+    folder: str  # the level's output folder, out/<name>
+    preset: str = ""  # empty: the world's own preset
+    trajectory: str = ""  # in the level's frame (`--in-world`)
+    frames: int = 0
+
+
+def extend_command(base: list[str], request: ExtendRequest) -> list[str]:
+    argv = [*base, "--json-progress", "extend", request.folder]
+    if request.trajectory:
+        argv += ["--trajectory", request.trajectory, "--in-world"]
+    elif request.preset:
+        argv += ["--preset", request.preset]
+    if request.frames > 0:
+        argv += ["--frames", str(request.frames)]
+    return argv
+
+
 def presets_command(base: list[str]) -> list[str]:
     return [*base, "presets", "list", "--json"]
 

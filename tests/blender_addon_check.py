@@ -120,6 +120,50 @@ def build_job(spec):
     return summary
 
 
+def extend_job(spec):
+    """Extend the level build_job imported, from a camera animated inside it (Extend from Camera, as a script
+    runs it: execute to the end); then its points are shown and its collection replaced by the rebuilt one."""
+    scene = bpy.context.scene
+    old_root = bpy.data.objects["corridor"]
+    old = {"uid": old_root.session_uid, "objects": len(old_root.users_collection[0].all_objects)}
+    bpy.context.view_layer.objects.active = old_root
+    explore = spec["explore"]
+    data = bpy.data.cameras.new("explore")
+    data.sensor_fit, data.sensor_width, data.lens = 'AUTO', 36.0, explore["lens_mm"]
+    camera = bpy.data.objects.new("explore", data)
+    scene.collection.objects.link(camera)
+    scene.camera = camera
+    scene.render.resolution_x, scene.render.resolution_y = explore["resolution"]
+    scene.render.resolution_percentage = 100
+    for key in explore["keys"]:
+        camera.location = key["location"]
+        camera.rotation_euler = [math.radians(90.0), 0.0, math.radians(key["yaw"])]
+        camera.keyframe_insert("location", frame=key["frame"])
+        camera.keyframe_insert("rotation_euler", frame=key["frame"])
+    scene.frame_start, scene.frame_end = explore["keys"][0]["frame"], explore["keys"][-1]["frame"]
+    settings = scene.lyra_assets
+    settings.use_camera_path, settings.frames, settings.max_points = True, 0, explore["max_points"]
+    result = bpy.ops.lyra_assets.extend('INVOKE_DEFAULT')
+    root = bpy.context.view_layer.objects.active
+    points = bpy.data.objects.get("corridor_points")
+    cameras = bpy.data.objects.get("corridor_cameras")
+    return {"result": sorted(result), "panel_error": addon("operators").STATE.error,
+            "old": old, "old_root_left": any(obj.session_uid == old["uid"] for obj in bpy.data.objects),
+            "root": describe(root), "new_uid": root.session_uid,
+            "level_collections": [c.name for c in scene.collection.children if c.name.startswith("corridor")],
+            "collection_objects": sorted(obj.name for obj in root.users_collection[0].all_objects),
+            "points": None if points is None else {
+                "vertices": len(points.data.vertices), "properties": {k: plain(points[k]) for k in points.keys()},
+                "collections": [c.name for c in points.users_collection],
+                "colour": list(points.data.color_attributes["Col"].data[0].color_srgb),
+                "modifiers": [m.type for m in points.modifiers],
+                "bounds": [[min(v.co[i] for v in points.data.vertices) for i in range(3)],
+                           [max(v.co[i] for v in points.data.vertices) for i in range(3)]]},
+            "cameras": None if cameras is None else {"vertices": len(cameras.data.vertices),
+                                                     "edges": len(cameras.data.edges)},
+            "lod0_bounds": next(describe(obj)["bounds"] for obj in root.children if obj.get("lod") == 0)}
+
+
 def describe(obj):
     entry = {"name": obj.name, "type": obj.type, "parent": obj.parent.name if obj.parent else None,
              "collections": [c.name for c in obj.users_collection], "hide_viewport": obj.hide_viewport,
@@ -152,7 +196,8 @@ def main(spec_path, result_path):
              ("camera_path", lambda: camera_path(spec, spec["work_dir"])),
              ("image_copies", lambda: image_copies(spec, spec["work_dir"])),
              ("failing_job", lambda: failing_job(spec)),
-             ("build_job", lambda: build_job(spec))]
+             ("build_job", lambda: build_job(spec)),
+             ("extend_job", lambda: extend_job(spec))]
     for name, part in parts:
         try:
             results[name] = part()

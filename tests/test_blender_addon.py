@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from lyra_assets.trajectory import CameraPath
+from lyra_assets.walkthrough import Walkthrough
 
 import clients  # tests/ is on sys.path (conftest.py)
 
@@ -26,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # blender_addon's plain-Python modules (they import no bpy)
 
 from blender_addon import camera_path, protocol
-from blender_addon.protocol import BuildRequest, DoneEvent, ErrorEvent, JobProgress, ProgressEvent, parse_line
+from blender_addon.protocol import (BuildRequest, DoneEvent, ErrorEvent, ExtendRequest, JobProgress, ProgressEvent,
+                                    parse_line)
 from blender_addon.runner import PipelineError, PipelineRun, run_quick
 
 ADDON = REPO / "blender_addon"
@@ -98,16 +100,25 @@ def test_command_lines():
         "--generator", "layout", "--trajectory", "/t/path.npz", "--frames", "9", "--lods", "3",
         "--lod0-triangles", "5000", "--texture-size", "256", "--force"]
     assert protocol.presets_command(base) == ["lyra-assets", "presets", "list", "--json"]
+    assert protocol.extend_command(base, ExtendRequest("/out/c")) == ["lyra-assets", "--json-progress", "extend",
+                                                                      "/out/c"]
+    assert protocol.extend_command(base, ExtendRequest("/out/c", preset="look_around", frames=9)) == [
+        "lyra-assets", "--json-progress", "extend", "/out/c", "--preset", "look_around", "--frames", "9"]
+    assert protocol.extend_command(base, ExtendRequest("/out/c", preset="orbit", trajectory="/t/cam.npz")) == [
+        "lyra-assets", "--json-progress", "extend", "/out/c", "--trajectory", "/t/cam.npz", "--in-world"]
 
 
 def test_the_cli_takes_every_option_the_addon_passes():
     full = BuildRequest("c.png", "out", preset="orbit", generator="layout", trajectory="t.npz", frames=9, lods=3,
                         lod0_triangles=5000, texture_size=256, force=True)
-    passed = {arg for arg in protocol.build_command([], full) if arg.startswith("-")}
-    main_help = run_quick([*PYTHON_RUNNER, "--help"])
-    build_help = run_quick([*PYTHON_RUNNER, "build", "--help"])
-    known = set(re.findall(r"(?<![\w-])-[-\w]+", main_help)) | set(re.findall(r"(?<![\w-])-[-\w]+", build_help))
-    assert passed - known == set()
+    extending = ExtendRequest("out/c", preset="orbit", trajectory="t.npz", frames=9)
+    for command, argv in (("build", protocol.build_command([], full)),
+                          ("extend", protocol.extend_command([], extending))):
+        passed = {arg for arg in argv if arg.startswith("-")}
+        main_help = run_quick([*PYTHON_RUNNER, "--help"])
+        command_help = run_quick([*PYTHON_RUNNER, command, "--help"])
+        known = set(re.findall(r"(?<![\w-])-[-\w]+", main_help)) | set(re.findall(r"(?<![\w-])-[-\w]+", command_help))
+        assert passed - known == set(), command
 
 
 def test_presets_are_read_from_the_cli():
@@ -236,6 +247,12 @@ CAMERA = {"sensor_fit": "AUTO", "sensor_mm": [36.0, 24.0], "resolution": [832, 4
           "keys": [{"frame": k["frame"], "location": k["location"], "rotation_deg": [90 + k["pitch"], 0, k["yaw"]],
                     "lens_mm": k["lens_mm"]} for k in CAMERA_KEYS]}
 SMALL_BUILD = {"lod0_triangles": 4000, "texture_size": 1024}
+# A camera walked inside the imported corridor (Blender: Z up; the level's first camera at the origin looking
+# along +Y), at the walkthrough's size and lens (60 degrees across 36 mm: 31.18 mm), turning left as it goes.
+EXPLORE = {"resolution": [208, 120], "lens_mm": 18.0 / math.tan(math.radians(30.0)), "max_points": 20_000,
+           "keys": [{"frame": 1, "location": [0.0, 1.0, 0.0], "yaw": 0.0},
+                    {"frame": 2, "location": [0.0, 1.3, 0.0], "yaw": 15.0},
+                    {"frame": 3, "location": [0.1, 1.6, 0.0], "yaw": 30.0}]}
 
 
 def expected_camera(key) -> np.ndarray:
@@ -288,7 +305,7 @@ def blender_run(addon_zip, not_an_image, tmp_path_factory) -> dict:
     (root / "work").mkdir()
     spec = {"zip": str(addon_zip[0]), "python": sys.executable, "executable": str(EXECUTABLE),
             "image": str(small), "bad_image": str(not_an_image[0]), "out_dir": str(root / "out"),
-            "work_dir": str(root / "work"), "camera": CAMERA, **SMALL_BUILD}
+            "work_dir": str(root / "work"), "camera": CAMERA, "explore": EXPLORE, **SMALL_BUILD}
     (root / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "BLENDER_USER_RESOURCES": str(root / "user_resources"),
            "BLENDER_USER_CONFIG": str(root / "user_config")}
@@ -387,3 +404,33 @@ def test_build_imports_an_lod_grouped_asset(blender_run):
     assert switched["result"] == ["FINISHED"] and switched["root_lod_shown"] == 1
     shown = [obj["name"] for obj in switched["objects"] if "lod" in obj["properties"] and not obj["hide_viewport"]]
     assert shown == ["corridor_LOD1"]
+
+
+def test_extend_from_camera_replaces_the_level_and_shows_its_points(blender_run):
+    extended = part(blender_run, "extend_job")
+    assert extended["result"] == ["FINISHED"], extended["panel_error"]
+    assert not extended["old_root_left"] and extended["new_uid"] != extended["old"]["uid"]
+    assert extended["level_collections"] == ["corridor"]  # the rebuilt level took the old one's place
+    assert extended["root"]["name"] == "corridor"
+
+    walkthrough = Path(blender_run["spec"]["out_dir"]) / "corridor" / "walkthrough"
+    walk = Walkthrough.load(walkthrough)
+    assert len(walk) == 9 + len(EXPLORE["keys"])  # the camera's three frames became the next segment
+    for i, key in enumerate(EXPLORE["keys"]):  # in the level's frame: Blender (X, Y, Z) is OpenCV (X, -Z, Y)
+        x, y, z = key["location"]
+        np.testing.assert_allclose(walk.path.c2w[9 + i][:3, 3], [x, -z, y], atol=1e-4)
+        yaw = math.radians(key["yaw"])  # turning left about Blender's Z is about OpenCV's -y
+        np.testing.assert_allclose(walk.path.c2w[9 + i][:3, 2], [-math.sin(yaw), 0.0, math.cos(yaw)], atol=1e-4)
+    np.testing.assert_allclose(walk.path.K[9], walk.path.K[0], rtol=1e-4)  # the same lens as the world's
+
+    points = extended["points"]
+    total = int((walk.depth > 0).sum())
+    step = math.ceil(total / EXPLORE["max_points"])
+    assert points["properties"]["points_total"] == total and points["properties"]["points_step"] == step
+    assert points["vertices"] == points["properties"]["points_shown"] == len(range(0, total, step))
+    assert points["vertices"] <= EXPLORE["max_points"] and points["collections"] == ["corridor"]
+    assert points["modifiers"] == ["NODES"] and max(points["colour"][:3]) > 0.05
+    shown, level = np.array(points["bounds"]), np.array(extended["lod0_bounds"])
+    assert np.all(shown[0] >= level[0] - 0.1) and np.all(shown[1] <= level[1] + 0.1)  # the points lie in the level
+    assert extended["cameras"] == {"vertices": 5 * len(walk), "edges": 8 * len(walk)}
+    assert "corridor_points" in extended["collection_objects"]
