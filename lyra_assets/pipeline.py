@@ -180,6 +180,8 @@ def extend(folder: str | Path, preset: str | None = None, trajectory: str | Path
         grown.walkthrough.write_into(new_walk, walk_dir, grown.kept)
         progress("save", 1, 1, "walkthrough")
         built = _make_asset(grown.walkthrough, walk_dir, Path(staged), name, provenance, True, progress)
+        if Walkthrough.recorded_key(walk_dir) != earlier.info.get("job_key"):  # extended meanwhile by another run
+            raise LyraAssetsError(f"{walk_dir} changed while this extension ran; extend it again from what is there")
         for file in Path(staged).iterdir():
             file.replace(folder / file.name)
     return BuildResult(folder / built.glb.name, folder / built.manifest_path.name, folder / built.preview.name,

@@ -101,6 +101,14 @@ class Walkthrough:
 
     # -- reading ----------------------------------------------------------------------------------------
 
+    @staticmethod
+    def recorded_key(folder: str | Path) -> str | None:
+        """The job key the folder's manifest records (None if it records none)."""
+        try:
+            return json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8")).get("job_key")
+        except (OSError, ValueError, AttributeError):
+            return None
+
     @classmethod
     def load(cls, folder: str | Path) -> "Walkthrough":
         """Read a walkthrough folder, with an error naming the file for anything missing or inconsistent."""

@@ -206,3 +206,21 @@ def test_lyra2_refuses_memory():
 
     with pytest.raises(LyraAssetsError, match="extending a walkthrough"):
         Lyra2Generator.generate(object.__new__(Lyra2Generator), None, None, None, memory=object())
+
+
+def test_an_extension_that_finds_the_world_changed_writes_nothing(world):
+    folder = world["folder"]
+    manifest = folder / "walkthrough" / "manifest.json"
+    before = snapshot(folder)
+    original = manifest.read_text()
+
+    def another_run_finishes_first(stage, done, total, message=""):
+        if stage == "export" and done == total:  # as if another extension had renamed its world into place
+            manifest.write_text(original.replace(json.loads(original)["job_key"], "0" * 32))
+
+    try:
+        with pytest.raises(LyraAssetsError, match="changed while this extension ran"):
+            extend(folder, "look_around", options={"path": {"frames": 3}}, progress=another_run_finishes_first)
+    finally:
+        manifest.write_text(original)
+    assert snapshot(folder) == before
