@@ -7,7 +7,6 @@ turns that world into the level's Blender frame, as the glTF export and import d
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -23,8 +22,7 @@ class Points:
     positions: np.ndarray  # (M, 3) float32, Blender axes, metres, in the level's frame
     frame: np.ndarray  # (M,) which frame each point comes from
     pixel: np.ndarray  # (M, 2) its (row, col) there, to take its colour from
-    total: int  # pixels with depth in the whole walkthrough
-    step: int  # every step-th of them is shown, so that at most the asked-for count are
+    total: int  # pixels with depth in the whole walkthrough, of which len(positions) are shown
 
 
 def cameras(walkthrough_dir: str) -> tuple[np.ndarray, np.ndarray, int, int]:
@@ -35,21 +33,22 @@ def cameras(walkthrough_dir: str) -> tuple[np.ndarray, np.ndarray, int, int]:
 
 
 def walkthrough_points(walkthrough_dir: str, max_points: int) -> Points:
-    """Every pixel with depth, back-projected; evenly thinned (every step-th in frame, row, column order) to
-    at most max_points."""
+    """Every pixel with depth, back-projected; a random sample of max_points of them if there are more (the
+    same sample every time; every k-th pixel instead would show as stripes)."""
     c2w, K, _, _ = cameras(walkthrough_dir)
     with np.load(os.path.join(walkthrough_dir, "depth.npz")) as data:
         depth = data["depth"]
     valid = np.flatnonzero(depth > 0)
-    step = max(1, math.ceil(len(valid) / max(1, max_points)))
-    chosen = valid[::step]
+    chosen = valid
+    if len(valid) > max_points:
+        chosen = np.sort(np.random.default_rng(0).choice(valid, size=max(1, max_points), replace=False))
     frame, row, col = np.unravel_index(chosen, depth.shape)
     z = depth.reshape(-1)[chosen].astype(np.float64)
     x = (col + 0.5 - K[frame, 0, 2]) / K[frame, 0, 0] * z
     y = (row + 0.5 - K[frame, 1, 2]) / K[frame, 1, 1] * z
     world = np.einsum("nij,nj->ni", c2w[frame, :3, :3], np.stack([x, y, z], axis=1)) + c2w[frame, :3, 3]
     blender = world @ OPENCV_WORLD_TO_BLENDER[:3, :3].T
-    return Points(blender.astype(np.float32), frame, np.stack([row, col], axis=1), int(len(valid)), step)
+    return Points(blender.astype(np.float32), frame, np.stack([row, col], axis=1), int(len(valid)))
 
 
 def frustums(walkthrough_dir: str, depth_m: float = 0.3) -> tuple[np.ndarray, list[tuple[int, int]]]:

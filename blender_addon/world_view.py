@@ -27,12 +27,12 @@ def show_walkthrough(context, walkthrough_dir: str, collection, name: str, max_p
     mesh.vertices.foreach_set("co", points.positions.reshape(-1))
     colour = mesh.color_attributes.new(COLOUR_ATTRIBUTE, 'BYTE_COLOR', 'POINT')
     colour.data.foreach_set("color_srgb", _colours(walkthrough_dir, points).reshape(-1))
+    mesh.color_attributes.active_color = colour  # what the viewport's Attribute colour shows
     obj = bpy.data.objects.new(name + POINTS_SUFFIX, mesh)
     collection.objects.link(obj)
     _draw_as_points(obj)
     obj["points_shown"] = len(points.positions)
     obj["points_total"] = points.total
-    obj["points_step"] = points.step
     obj["walkthrough"] = walkthrough_dir
     if with_cameras:
         vertices, edges = pointcloud.frustums(walkthrough_dir)
@@ -73,27 +73,31 @@ def _colours(walkthrough_dir: str, points: pointcloud.Points) -> np.ndarray:
 
 
 def _draw_as_points(obj) -> None:
-    """A mesh of loose vertices draws nothing in Object Mode: a Mesh to Points modifier shows them, and a
-    material shows their colour."""
+    """A mesh of loose vertices draws nothing in Object Mode: a Mesh to Points modifier shows them, with an
+    unlit material of their colour (in Material Preview and renders)."""
+    material = bpy.data.materials.new(obj.name)
+    material.use_nodes = True
+    tree = material.node_tree
+    tree.nodes.clear()
+    attribute, emission, output = (tree.nodes.new('ShaderNodeAttribute'), tree.nodes.new('ShaderNodeEmission'),
+                                   tree.nodes.new('ShaderNodeOutputMaterial'))
+    attribute.attribute_name = COLOUR_ATTRIBUTE
+    tree.links.new(attribute.outputs['Color'], emission.inputs['Color'])  # the frames' own colours
+    tree.links.new(emission.outputs['Emission'], output.inputs['Surface'])
+    obj.data.materials.append(material)
+
     group = bpy.data.node_groups.new(obj.name, 'GeometryNodeTree')
     group.interface.new_socket("Geometry", in_out='INPUT', socket_type='NodeSocketGeometry')
     group.interface.new_socket("Geometry", in_out='OUTPUT', socket_type='NodeSocketGeometry')
     nodes = group.nodes
-    given, result, to_points = (nodes.new('NodeGroupInput'), nodes.new('NodeGroupOutput'),
-                                nodes.new('GeometryNodeMeshToPoints'))
+    given, result = nodes.new('NodeGroupInput'), nodes.new('NodeGroupOutput')
+    to_points, coloured = nodes.new('GeometryNodeMeshToPoints'), nodes.new('GeometryNodeSetMaterial')
     to_points.inputs['Radius'].default_value = 0.01
+    coloured.inputs['Material'].default_value = material  # points made by nodes carry no material of their own
     group.links.new(given.outputs[0], to_points.inputs['Mesh'])
-    group.links.new(to_points.outputs['Points'], result.inputs[0])
+    group.links.new(to_points.outputs['Points'], coloured.inputs['Geometry'])
+    group.links.new(coloured.outputs['Geometry'], result.inputs[0])
     obj.modifiers.new("Points", 'NODES').node_group = group
-    material = bpy.data.materials.new(obj.name)
-    material.use_nodes = True
-    tree = material.node_tree
-    attribute = tree.nodes.new('ShaderNodeAttribute')
-    attribute.attribute_name = COLOUR_ATTRIBUTE
-    shader = tree.nodes.get("Principled BSDF")
-    if shader is not None:
-        tree.links.new(attribute.outputs['Color'], shader.inputs['Base Color'])
-    obj.data.materials.append(material)
 
 
 def _remove_object(obj) -> None:
