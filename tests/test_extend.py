@@ -224,3 +224,13 @@ def test_an_extension_that_finds_the_world_changed_writes_nothing(world):
     finally:
         manifest.write_text(original)
     assert snapshot(folder) == before
+
+
+def test_build_from_the_manifest_of_an_extended_world_says_it_makes_the_first_segment(world):
+    folder = world["folder"]
+    run = CliRunner().invoke(main, ["--json-progress", "build", "--from-manifest", str(folder / "manifest.json"),
+                                    "-o", str(folder.parent)])
+    events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    notice = next(e for e in events if e.get("stage") == "notice")
+    assert "extended 2 time(s)" in notice["message"] and "first segment only" in notice["message"]
+    assert run.exit_code == 2 and "already exists" in events[-1]["message"]  # and nothing was replaced
