@@ -18,6 +18,7 @@ from .assets.level import make_level_asset
 from .errors import LyraAssetsError
 from .export.gltf import write_glb
 from .export.preview import render_preview
+from .export.splats import export_splats
 from .files import write_json_atomically
 from .images import load_concept_image
 from .job import JobSpec, resolve_job, safe_name
@@ -26,7 +27,6 @@ from .presets import deep_merge
 from .progress import Progress, silent
 from .provenance import Provenance
 from .reconstruct.fusion import fuse
-from .splats import export_splats
 from .walkthrough import Walkthrough
 
 
