@@ -134,3 +134,18 @@ def _sidecar(folder, text):
     path = folder / "settings.toml"
     path.write_text(text)
     return path
+
+
+def test_build_goes_on_from_the_walkthrough_this_job_saved(image, tmp_path):
+    """A build that failed in the asset stages left its walkthrough: the retry uses it instead of refusing."""
+    options = ["--frames", 5, "--lod0-triangles", 2000, "--voxel-size", 0.2]
+    assert run("generate", image, "-o", tmp_path / "out", "--frames", 5).exit_code == 0
+    saved = tmp_path / "out" / "hall" / "walkthrough" / "manifest.json"
+    before = saved.stat()
+    result = run("build", image, "-o", tmp_path / "out", *options, "--texture-size", 256)
+    assert result.exit_code == 0, result.output
+    assert (saved.stat().st_ino, saved.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    other_walk = run("build", image, "-o", tmp_path / "out", *options[2:], "--frames", 7, "--force")
+    assert other_walk.exit_code == 0 and saved.stat().st_mtime_ns != before.st_mtime_ns  # other frames: made anew
+    refused = run("build", image, "-o", tmp_path / "out", *options[2:], "--frames", 9)
+    assert refused.exit_code == 2 and "already exists; pass --force" in refused.output
