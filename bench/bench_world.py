@@ -36,6 +36,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -121,7 +122,8 @@ def scored_frames(n_frames: int) -> list[int]:
     return sorted({0, *wm.path_indices(n_frames)})
 
 
-def render_truth(scene: str, path: CameraPath, settings: Settings, cache: Path = CACHE) -> Truth:
+def render_truth(scene: str, path: CameraPath, settings: Settings, cache: Path = CACHE,
+                 blender: Path | None = None) -> Truth:
     """The scene rendered from the scored frames of `path` (our world frame), from the cache when the same
     render was made before."""
     index = scored_frames(len(path))
@@ -131,20 +133,21 @@ def render_truth(scene: str, path: CameraPath, settings: Settings, cache: Path =
          poses.round(6).tolist()]).encode()).hexdigest()[:20]
     folder = cache / f"{scene}-{key}"
     if not (folder / "depth.npz").exists():
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache))  # its own: runs may share the cache
         np.savez(tmp / "poses.npz", c2w=poses)
         hfov = math.degrees(2 * math.atan(path.width / 2 / path.K[0, 0, 0]))
         run = subprocess.run(
-            [str(blender_python()), str(SCENE_SCRIPT), "--scene", scene, "--seed", str(settings.seed),
+            [str(blender or blender_python()), str(SCENE_SCRIPT), "--scene", scene, "--seed", str(settings.seed),
              "--out", str(tmp), "--poses", str(tmp / "poses.npz"), "--width", str(path.width),
              "--height", str(path.height), "--hfov", repr(hfov), "--samples", str(settings.samples),
              "--threads", str(settings.threads)], capture_output=True, text=True)
         if run.returncode != 0:
             raise RuntimeError(f"Blender failed on scene {scene}:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another run finished the same render first
+            shutil.rmtree(tmp, ignore_errors=True)
     frames = np.stack([cv2.imread(str(f))[:, :, ::-1] for f in sorted((folder / "frames").glob("*.png"))])
     with np.load(folder / "mesh.npz") as m:
         vertices, faces = m["vertices"], m["faces"]
