@@ -50,6 +50,7 @@ import numpy as np
 
 import world_metrics as wm
 from lyra_assets.assets.level import AssetSettings
+from lyra_assets.generators import REGISTRY
 from lyra_assets.motions import FreeSpace, camera_path
 from lyra_assets.pipeline import build, mesh
 from lyra_assets.presets import load_preset
@@ -442,7 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown scene(s) {', '.join(sorted(unknown))}; known: {', '.join(SCENES)}")
     settings = QUICK if args.quick else FULL
-    methods = [g for g in args.generators.split(",") if g] + ([] if args.no_baselines else list(BASELINES))
+    generators = [g for g in args.generators.split(",") if g]
+    if set(generators) - set(REGISTRY):
+        parser.error(f"unknown generator(s) {', '.join(sorted(set(generators) - set(REGISTRY)))}; "
+                     f"known: {', '.join(sorted(REGISTRY))}")
+    methods = generators + ([] if args.no_baselines else list(BASELINES))
     presets = [p for p in (args.presets or ",".join(settings.presets)).split(",") if p]
     work = args.work or Path(os.environ.get("TMPDIR", "/tmp")) / f"lyra-bench-world-{os.getpid()}"
     args.results.mkdir(parents=True, exist_ok=True)
