@@ -457,20 +457,25 @@ def main(argv: list[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     records = []
+    out = args.results / "bench_world.json"
     try:
         for scene in scenes:
             scene_records, sheet = bench_scene(scene, methods, presets, settings, args.quick, work)
             records += scene_records
             cv2.imwrite(str(args.results / f"{scene}.png"), sheet[:, :, ::-1])
+            # Written after every scene, so a long run that stops early still leaves its numbers.
+            out.write_text(json.dumps(_jsonable({"settings": vars(settings) | {"quick": args.quick},
+                                                 "total_s": time.perf_counter() - started, "records": records}),
+                                      indent=1))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     total = time.perf_counter() - started
-    out = args.results / "bench_world.json"
-    out.write_text(json.dumps(_jsonable({"settings": vars(settings) | {"quick": args.quick}, "total_s": total,
-                                         "records": records}), indent=1))
     print(table(records))
-    print(f"\n{len(records)} records in {total:.0f} s; peak RSS of this process "
+    cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    print(f"\n{len(records)} records in {total:.0f} s wall, {cpu:.0f} s CPU (this process, Blender and the jobs: "
+          f"on a busy machine the wall time grows, the CPU time does not); peak RSS of this process "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; JSON: {out}; contact sheets: "
           f"{args.results}/<scene>.png")
     return 0
