@@ -13,7 +13,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 # The public API, imported on first use so `import lyra_assets` stays light (no numba, no heavy stages).
 _EXPORTS = {
-    "build": "pipeline", "generate": "pipeline", "mesh": "pipeline",
+    "build": "pipeline", "generate": "pipeline", "mesh": "pipeline", "extend": "pipeline",
     "CameraPath": "trajectory", "Walkthrough": "walkthrough", "LyraAssetsError": "errors",
 }
 __all__ = ["__version__", *_EXPORTS]

@@ -21,7 +21,7 @@ from .errors import LyraAssetsError
 from .export.gltf import write_glb
 from .export.preview import render_preview
 from .export.splats import export_splats
-from .extend import extend_walkthrough
+from .extension import extend_walkthrough
 from .files import output_folder, write_json_atomically
 from .images import load_concept_image
 from .job import JobSpec, resolve_job, safe_name
@@ -164,7 +164,7 @@ def extend(folder: str | Path, preset: str | None = None, trajectory: str | Path
            from_frame: int | None = None, *, in_world: bool = False, options: dict[str, Any] | None = None,
            progress: Progress = silent) -> BuildResult:
     """Grow the world built in `folder` (out/<name>/) by one segment of camera path, then rebuild its asset from
-    the whole walkthrough (see extend.py for where the segment starts). `options` may set the segment's [path]
+    the whole walkthrough (see extension.py for where the segment starts). `options` may set the segment's [path]
     and the asset's [assets], [fusion] and [export] (else as the asset was built).
 
     Earlier frames stay byte for byte. Nothing under `folder` changes until everything is made, then the new

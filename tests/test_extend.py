@@ -15,10 +15,9 @@ import trimesh
 from click.testing import CliRunner
 
 from clients import validate
-from lyra_assets import build
+from lyra_assets import build, extend
 from lyra_assets.cli import main
 from lyra_assets.errors import LyraAssetsError
-from lyra_assets.pipeline import extend
 from lyra_assets.trajectory import CameraPath, intrinsics_from_fov, yaw_pose
 from lyra_assets.walkthrough import Walkthrough
 
