@@ -219,3 +219,26 @@ def test_build_from_the_manifest_of_an_extended_world_says_it_makes_the_first_se
     notice = next(e for e in events if e.get("stage") == "notice")
     assert "extended 2 time(s)" in notice["message"] and "first segment only" in notice["message"]
     assert run.exit_code == 2 and "already exists" in events[-1]["message"]  # and nothing was replaced
+
+
+def test_cancelling_an_extension_as_the_add_on_does_changes_nothing(world):
+    """The add-on's runner interrupts the pipeline's process group (SIGINT) once the asset stages are under
+    way, with the new walkthrough written to its temporary folder."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from blender_addon import protocol
+    from blender_addon.runner import PipelineError, PipelineRun
+
+    folder = world["folder"]
+    before = snapshot(folder)
+    run = PipelineRun(protocol.extend_command(protocol.pipeline_command(protocol.PYTHON, sys.executable),
+                                              protocol.ExtendRequest(str(folder), preset="look_around", frames=3)))
+    stages = []
+    while "fuse" not in stages and not run.ended:
+        stages += [e.stage for e in run.poll(timeout=None) if isinstance(e, protocol.ProgressEvent)]
+    run.cancel()
+    with pytest.raises(PipelineError, match="cancelled"):
+        run.outputs()
+    run.close()
+    assert "fuse" in stages and "save" in stages
+    assert snapshot(folder) == before
+    assert not [p for p in folder.rglob(".*")]
