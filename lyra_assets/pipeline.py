@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, generators
+from .assets.collision import spawn_clearance
 from .assets.level import AssetSettings, make_level_asset
 from .errors import LyraAssetsError
 from .export.gltf import write_glb
@@ -39,10 +40,12 @@ class BuildResult:
     preview: Path
     walkthrough_dir: Path
     manifest: dict[str, Any]
+    usd: Path | None = None  # when the job asked for USD too
 
     @property
     def outputs(self) -> dict[str, str]:
-        return {"glb": str(self.glb), "manifest": str(self.manifest_path), "preview": str(self.preview),
+        usd = {} if self.usd is None else {"usd": str(self.usd)}
+        return {"glb": str(self.glb), **usd, "manifest": str(self.manifest_path), "preview": str(self.preview),
                 "walkthrough": str(self.walkthrough_dir)}
 
 
@@ -95,22 +98,23 @@ def build(image: str | Path, preset: str | None = None, out_dir: str | Path = "o
           generator: str | None = None, sidecar: str | Path | None = None,
           trajectory: str | Path | None = None, preset_dirs: list[Path] | None = None,
           overrides: dict[str, Any] | None = None, asset_settings: AssetSettings | None = None,
-          voxel_size: float | None = None, force: bool = False, progress: Progress = silent) -> BuildResult:
+          voxel_size: float | None = None, force: bool = False, progress: Progress = silent,
+          formats: tuple[str, ...] = ("glb",)) -> BuildResult:
     """Concept image -> out_dir/<name>/<name>.glb, with manifest.json, preview.png and walkthrough/."""
     job = load_job(image, preset, generator, sidecar, trajectory, preset_dirs, overrides)
     folder = Path(out_dir) / job.name
-    _refuse_existing([folder / "walkthrough", folder / f"{job.name}.glb"], force)
+    _refuse_existing([folder / "walkthrough", *_export_paths(folder, job.name, formats)], force)
     walkthrough = walk(job, progress)
     progress("save", 0, 1, "walkthrough")
     walkthrough_dir = walkthrough.save(folder / "walkthrough", force=force)
     progress("save", 1, 1, "walkthrough")
     return _make_asset(walkthrough, walkthrough_dir, folder, job.name, asset_settings, voxel_size, force,
-                       progress)
+                       progress, formats)
 
 
 def mesh(walkthrough_dir: str | Path, out_dir: str | Path = "out", name: str | None = None,
          asset_settings: AssetSettings | None = None, voxel_size: float | None = None, force: bool = False,
-         progress: Progress = silent) -> BuildResult:
+         progress: Progress = silent, formats: tuple[str, ...] = ("glb",)) -> BuildResult:
     """A saved walkthrough folder -> out_dir/<name>/<name>.glb (+ manifest.json, preview.png)."""
     walkthrough_dir = Path(walkthrough_dir)
     walkthrough = Walkthrough.load(walkthrough_dir)
@@ -118,13 +122,25 @@ def mesh(walkthrough_dir: str | Path, out_dir: str | Path = "out", name: str | N
         parent = walkthrough_dir.resolve()
         name = safe_name(parent.parent.name if parent.name == "walkthrough" else parent.name)
     folder = Path(out_dir) / name
-    _refuse_existing([folder / f"{name}.glb"], force)
-    return _make_asset(walkthrough, walkthrough_dir, folder, name, asset_settings, voxel_size, force, progress)
+    _refuse_existing(_export_paths(folder, name, formats), force)
+    return _make_asset(walkthrough, walkthrough_dir, folder, name, asset_settings, voxel_size, force, progress,
+                       formats)
+
+
+EXPORT_FORMATS = ("glb", "usd")
+
+
+def _export_paths(folder: Path, name: str, formats: tuple[str, ...]) -> list[Path]:
+    """The asset files the job writes: the GLB always, the USD package when asked for."""
+    unknown = sorted(set(formats) - set(EXPORT_FORMATS))
+    if unknown:
+        raise LyraAssetsError(f"unknown export format {', '.join(unknown)}; choose from {', '.join(EXPORT_FORMATS)}")
+    return [folder / f"{name}.glb"] + ([folder / f"{name}.usdz"] if "usd" in formats else [])
 
 
 def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, name: str,
                 settings: AssetSettings | None, voxel_size: float | None, force: bool,
-                progress: Progress) -> BuildResult:
+                progress: Progress, formats: tuple[str, ...] = ("glb",)) -> BuildResult:
     settings = settings or AssetSettings()
     timings = dict(walkthrough.info.get("timings_s", {}))
 
@@ -146,9 +162,15 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
 
     started = time.perf_counter()
     progress("export", 0, 2, "glTF")
-    glb = folder / f"{name}.glb"
+    glb, *usd = _export_paths(folder, name, formats)
     summary = write_glb(asset, glb)
     outputs = {"glb": {"file": glb.name, "bytes": summary["bytes"]}}
+    if usd:
+        from .export.usd import write_usd  # usd-core is optional: imported only when USD is asked for
+
+        progress("export", 0, 2, "USD")
+        summary = write_usd(asset, usd[0])
+        outputs["usd"] = {"file": usd[0].name, "bytes": summary["bytes"], "root": summary["root"]}
     if walkthrough.splats is not None:  # next to the GLB, in its frame: Y up, metres
         splats_file = folder / f"{name}.splats.ply"
         export_splats(walkthrough.splats, splats_file)
@@ -174,14 +196,16 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
         "lods": [{"node": f"{name}_LOD{i}", "triangles": int(len(lod.faces)), "vertices": int(len(lod.vertices)),
                   "texture_size": int(lod.albedo.shape[0]), "screen_coverage": lod.screen_coverage,
                   "geometric_error_m": lod.geometric_error} for i, lod in enumerate(asset.lods)],
-        "collider": {"node": f"{name}_collider", "triangles": int(len(asset.collider.faces))},
+        "collider": {"node": f"{name}_collider", "triangles": int(len(asset.collider.faces)), **asset.collider.notes},
+        # For robots: a ray down from the spawn (the first camera) to the collider's floor, and up to its ceiling.
+        "spawn": {"camera": 0, **spawn_clearance(asset.collider)},
         "timings_s": timings,
         "outputs": {**outputs, "preview": {"file": preview.name, "bytes": preview.stat().st_size},
                     "walkthrough": {"folder": str(walkthrough_dir)}},
     }
     manifest_path = folder / "manifest.json"
     write_json_atomically(manifest_path, manifest)
-    return BuildResult(glb, manifest_path, preview, walkthrough_dir, manifest)
+    return BuildResult(glb, manifest_path, preview, walkthrough_dir, manifest, usd[0] if usd else None)
 
 
 def _refuse_existing(paths: list[Path], force: bool) -> None:
