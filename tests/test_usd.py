@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 pytest.importorskip("pxr", reason="usd-core is in the test extra")
-from pxr import Ar, Usd, UsdGeom, UsdPhysics, UsdShade, UsdUtils  # noqa: E402
+from pxr import Ar, Usd, UsdGeom, UsdPhysics, UsdShade, UsdUtils, UsdValidation  # noqa: E402
 from test_export import EXTRAS, make_asset  # noqa: E402
 
 from lyra_assets.assets.collision import ray_distance  # noqa: E402
@@ -33,6 +33,12 @@ def compliance(path) -> tuple[list[str], list[str], list[str]]:
         checker = UsdUtils.ComplianceChecker(arkit=True)
     checker.CheckCompliance(str(path))
     return checker.GetErrors(), checker.GetFailedChecks(), checker.GetWarnings()
+
+
+def validation(path) -> list[str]:
+    """usd-core's newer validators: all registered ones (core, geometry, shading, usdz packaging, physics)."""
+    context = UsdValidation.ValidationContext(UsdValidation.ValidationRegistry().GetOrLoadAllValidators())
+    return [error.GetMessage() for error in context.Validate(Usd.Stage.Open(str(path)))]
 
 
 @pytest.fixture(scope="module", params=[".usdz", ".usdc"])
@@ -88,6 +94,10 @@ def test_compliance_checker_is_live(written, tmp_path):
     stage.Save()
     _, failed, _ = compliance(broken)
     assert any("upAxis 'Z'" in f for f in failed) and any("albedo.tga" in f for f in failed)
+
+
+def test_validation_framework_reports_nothing(written):
+    assert validation(written[1]) == []
 
 
 def test_stage_units_axes_and_provenance(written):
@@ -150,12 +160,17 @@ def test_collider_is_a_static_physics_mesh_never_rendered(written):
     assert not collider.HasAPI(UsdPhysics.RigidBodyAPI)  # static: the level does not move
     assert not UsdShade.MaterialBindingAPI(collider).GetDirectBindingRel().GetTargets()
     assert len(UsdGeom.Mesh(collider).GetFaceVertexCountsAttr().Get()) == len(asset.collider.faces)
-    # Gravity for a stage opened on its own, outside the defaultPrim so a referencing stage keeps its own.
-    scenes = [p for p in stage.Traverse() if p.IsA(UsdPhysics.Scene)]
-    assert [str(p.GetPath()) for p in scenes] == ["/PhysicsScene"]
-    scene = UsdPhysics.Scene(scenes[0])
-    assert tuple(scene.GetGravityDirectionAttr().Get()) == (0, -1, 0)
-    assert scene.GetGravityMagnitudeAttr().Get() == pytest.approx(9.81)
+    # As a simulator reads it: USD Physics' own parser finds one static triangle-mesh shape and gravity along
+    # -Y, on a scene outside the defaultPrim (a stage that references the asset keeps its own scene).
+    load = getattr(UsdPhysics, "UsdPhysicsLoadStageFromPrimRange", None) or UsdPhysics.LoadUsdPhysicsFromRange
+    parsed = load(stage, ["/"])
+    assert set(parsed) == {UsdPhysics.ObjectType.MeshShape, UsdPhysics.ObjectType.Scene}
+    (paths, (shape,)) = parsed[UsdPhysics.ObjectType.MeshShape]
+    assert paths == ["/atrium/collider"] and shape.isValid and shape.collisionEnabled
+    assert shape.approximation == "none" and shape.rigidBody.isEmpty  # static: no body owns it
+    (paths, (scene,)) = parsed[UsdPhysics.ObjectType.Scene]
+    assert paths == ["/PhysicsScene"] and tuple(scene.gravityDirection) == (0, -1, 0)
+    assert scene.gravityMagnitude == pytest.approx(9.81)
 
 
 def test_spawn_stands_on_the_collider_at_eye_height(written):
@@ -198,7 +213,7 @@ def test_real_build_writes_a_compliant_usdz_next_to_the_glb(real_build):
     assert outputs["usd"].endswith("corridor/corridor.usdz") and outputs["glb"].endswith("corridor/corridor.glb")
     assert manifest["outputs"]["usd"]["file"] == "corridor.usdz"
     errors, failed, warned = compliance(outputs["usd"])
-    assert errors == [] and failed == [] and warned == []
+    assert errors == [] and failed == [] and warned == [] and validation(outputs["usd"]) == []
     stage = Usd.Stage.Open(outputs["usd"])
     root = stage.GetDefaultPrim()
     triangles = [len(mesh.GetFaceVertexCountsAttr().Get()) for _, mesh in _variant_meshes(stage, root)]
