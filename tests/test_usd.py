@@ -16,7 +16,9 @@ from PIL import Image
 
 pytest.importorskip("pxr", reason="usd-core is in the test extra")
 from pxr import Ar, Usd, UsdGeom, UsdPhysics, UsdShade, UsdUtils, UsdValidation  # noqa: E402
-from test_export import EXTRAS, make_asset  # noqa: E402
+from test_export import EXTRAS, ROOM_MAX, ROOM_MIN, make_asset  # noqa: E402
+
+import clients  # noqa: E402
 
 from lyra_assets.assets.collision import ray_distance  # noqa: E402
 from lyra_assets.cli import main  # noqa: E402
@@ -181,6 +183,30 @@ def test_spawn_stands_on_the_collider_at_eye_height(written):
     clearance = dict(stage.GetPrimAtPath("/atrium/spawn").GetCustomDataByKey("clearance"))
     assert clearance == summary["spawn"] == {"floor_distance_m": 1.6, "floor_slope_deg": 0.0,
                                              "ceiling_distance_m": 1.2, "free_height_m": 2.8}
+
+
+def test_blender_imports_the_usd_where_it_imports_the_glb(written):
+    """A second USD reader: Blender's importer puts the level where it puts the GLB (Z up, metres), with the
+    baked textures, and leaves the guide-purpose collider out unless asked for guides."""
+    asset, path, _ = written
+    scene = clients.blender_import(path)
+    assert scene["result"] == ["FINISHED"]
+    objects = {o["name"]: o for o in scene["objects"]}
+    assert "collider" not in objects and objects["visual"]["parent"] == "atrium"
+    assert objects["visual"]["triangles"] == len(asset.lods[0].faces)
+    # As in test_export: OpenCV (x, y, z) lands at Blender (x, z, -y), the floor 1.6 m below the camera.
+    lo, hi = objects["visual"]["bounds"]
+    assert lo == pytest.approx([ROOM_MIN[0], ROOM_MIN[2], -ROOM_MAX[1]], abs=1e-5)
+    assert hi == pytest.approx([ROOM_MAX[0], ROOM_MAX[2], -ROOM_MIN[1]], abs=1e-5)
+    images = {i["name"]: i for i in scene["images"]}
+    (material,) = objects["visual"]["materials"]
+    used = next(m for m in scene["materials"] if m["name"] == material)["images"]
+    assert sorted(images[i]["colorspace"] for i in used) == ["Non-Color", "sRGB"]
+    assert all(images[i]["width"] == 64 for i in used)  # decoded: the pixels were found
+
+    with_guides = {o["name"]: o for o in clients.blender_import(path, guides=True)["objects"]}
+    assert with_guides["collider"]["triangles"] == len(asset.collider.faces)
+    assert with_guides["collider"]["materials"] == []
 
 
 def test_usdc_keeps_its_textures_beside_it(tmp_path):
