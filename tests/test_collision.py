@@ -68,7 +68,8 @@ def test_floor_is_added_under_cameras_that_saw_none():
         assert distance == pytest.approx(1.6, abs=1e-4)
     clearance = spawn_clearance(collider)
     assert clearance == {"floor_distance_m": pytest.approx(1.6), "floor_slope_deg": 0.0,
-                         "ceiling_distance_m": pytest.approx(1.2), "free_height_m": pytest.approx(2.8)}
+                         "ceiling_distance_m": pytest.approx(1.2), "ceiling_from": "ray",
+                         "free_height_m": pytest.approx(2.8)}
     # A room whose floor was all seen is left as it is.
     whole = make_collider(room.vertices, room.faces, target_triangles=2000, cameras=cameras)
     assert whole.notes == {"cameras_without_floor": 0}

@@ -182,7 +182,8 @@ def test_spawn_stands_on_the_collider_at_eye_height(written):
     assert _floor_below(stage, root) == pytest.approx(EYE_HEIGHT_M, rel=0.01)
     clearance = dict(stage.GetPrimAtPath("/atrium/spawn").GetCustomDataByKey("clearance"))
     assert clearance == summary["spawn"] == {"floor_distance_m": 1.6, "floor_slope_deg": 0.0,
-                                             "ceiling_distance_m": 1.2, "free_height_m": 2.8}
+                                             "ceiling_distance_m": 1.2, "ceiling_from": "ray",
+                                             "free_height_m": 2.8}
 
 
 def test_blender_imports_the_usd_where_it_imports_the_glb(written):
@@ -248,15 +249,17 @@ def test_real_build_writes_a_compliant_usdz_next_to_the_glb(real_build):
 
 
 def test_real_build_spawn_has_floor_at_eye_height(real_build):
-    """The first camera never sees the floor under itself; the collider has floor there all the same, and
-    the manifest says so."""
+    """The first camera sees neither the floor under it nor the ceiling over it; the collider has floor there
+    all the same, the manifest says so, and the free height is the room's (the generator's box room)."""
     outputs, manifest = real_build
     stage = Usd.Stage.Open(outputs["usd"])
     below = _floor_below(stage, stage.GetDefaultPrim())
     assert below == pytest.approx(EYE_HEIGHT_M, rel=0.1)
-    assert manifest["spawn"]["floor_distance_m"] == pytest.approx(below, abs=1e-3)
-    assert manifest["spawn"]["floor_slope_deg"] < 5
+    spawn, room = manifest["spawn"], manifest["generator"]["layout"]
+    assert spawn["floor_distance_m"] == pytest.approx(below, abs=1e-3) and spawn["floor_slope_deg"] < 5
     assert manifest["collider"]["cameras_without_floor"] >= 1
+    assert spawn["ceiling_from"] == "level ceiling"
+    assert spawn["free_height_m"] == pytest.approx(room["room_max_m"][1] - room["room_min_m"][1], rel=0.05)
 
 
 def test_unknown_format_is_refused(tmp_path, example_image):

@@ -23,7 +23,7 @@ from .lod import compact, simplify
 SLOPPY_WHEN_OVER = 1.5  # quality simplification ending above 1.5x the budget hands over to sloppy mode
 DOWN = np.array([0.0, 1.0, 0.0])  # OpenCV axes: y points down
 FLOOR_MAX_SLOPE_DEG = 20.0  # steeper triangles are walls or ramps, not the floor to fit
-FLOOR_BELOW_CAMERA_M = 0.3  # the floor's triangles lie at least this far below the cameras
+LEVEL_GAP_M = 0.3  # a floor's (a ceiling's) triangles lie at least this far below (above) the cameras
 ROBOT_RADIUS_M = 0.5  # the added floor reaches this far beyond the cameras
 
 
@@ -43,7 +43,7 @@ def make_collider(vertices: np.ndarray, faces: np.ndarray, target_triangles: int
 def _floor_under(collider: Collider, cameras: np.ndarray) -> Collider:
     cameras = np.unique(cameras.round(3), axis=0)
     bare = [c for c in cameras if ray_distance(collider.vertices, collider.faces, c, DOWN) is None]
-    height = _floor_height(collider, cameras)
+    height = _level_height(collider, cameras, below=True)
     notes = {"cameras_without_floor": len(bare)}
     if not bare or height is None:
         return Collider(collider.vertices, collider.faces, notes)
@@ -57,20 +57,24 @@ def _floor_under(collider: Collider, cameras: np.ndarray) -> Collider:
                     np.vstack([collider.faces, faces]).astype(np.uint32), notes)
 
 
-def _floor_height(collider: Collider, cameras: np.ndarray) -> float | None:
-    """The area-weighted median height of the collider's near-level triangles below the cameras."""
+def _level_height(collider: Collider, cameras: np.ndarray, below: bool) -> float | None:
+    """The area-weighted median height (y) of the collider's near-level triangles below the cameras (the
+    floor) or above them (the ceiling); None when there are none."""
     v = np.asarray(collider.vertices, np.float64)[collider.faces]
     normal = np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
     area = np.linalg.norm(normal, axis=1)
     height = v[:, :, 1].mean(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         level = np.abs(normal[:, 1]) / area >= np.cos(np.radians(FLOOR_MAX_SLOPE_DEG))
-    floor = level & (height > cameras[:, 1].max() + FLOOR_BELOW_CAMERA_M)
-    if not floor.any():
+    if below:
+        chosen = level & (height > cameras[:, 1].max() + LEVEL_GAP_M)
+    else:
+        chosen = level & (height < cameras[:, 1].min() - LEVEL_GAP_M)
+    if not chosen.any():
         return None
-    order = np.argsort(height[floor])
-    weights = np.cumsum(area[floor][order])
-    return float(height[floor][order][np.searchsorted(weights, weights[-1] / 2)])
+    order = np.argsort(height[chosen])
+    weights = np.cumsum(area[chosen][order])
+    return float(height[chosen][order][np.searchsorted(weights, weights[-1] / 2)])
 
 
 def _sloppy(vertices: np.ndarray, faces: np.ndarray, target_triangles: int) -> np.ndarray:
@@ -103,19 +107,27 @@ def ray_distance(vertices: np.ndarray, faces: np.ndarray, origin, direction) -> 
     return float(t[index]), index
 
 
-def spawn_clearance(collider: Collider) -> dict[str, float | None]:
-    """What a robot placed at the spawn (the first camera, the world's origin) finds: the collider's floor
-    below it (distance and slope), the ceiling above it and the free height between them, in metres.
-    None where a ray meets nothing (no floor: the spawn is unsafe; no ceiling: open sky)."""
-    floor = ray_distance(collider.vertices, collider.faces, np.zeros(3), DOWN)
-    ceiling = ray_distance(collider.vertices, collider.faces, np.zeros(3), -DOWN)
-    slope = None
+def spawn_clearance(collider: Collider) -> dict[str, float | str | None]:
+    """What a robot placed at the spawn (the first camera, the world's origin) finds, in metres: the floor
+    below it (a ray down; distance and slope), the ceiling above it and the free height between them.
+    The ceiling is a ray up where that meets the collider ("ray"); else, as no camera looks straight up, the
+    height of the collider's level ceiling elsewhere ("level ceiling"). None where there is nothing (no floor:
+    the spawn is unsafe; no ceiling: open sky)."""
+    spawn = np.zeros(3)
+    clearance: dict[str, float | str | None] = dict.fromkeys(
+        ["floor_distance_m", "floor_slope_deg", "ceiling_distance_m", "ceiling_from", "free_height_m"])
+    floor = ray_distance(collider.vertices, collider.faces, spawn, DOWN)
     if floor is not None:
         a, b, c = np.asarray(collider.vertices, np.float64)[collider.faces[floor[1]]]
         normal = np.cross(b - a, c - a)
-        slope = float(np.degrees(np.arccos(min(1.0, abs(normal @ DOWN) / np.linalg.norm(normal)))))
-    floor_m = None if floor is None else round(floor[0], 4)
-    ceiling_m = None if ceiling is None else round(ceiling[0], 4)
-    return {"floor_distance_m": floor_m, "floor_slope_deg": None if slope is None else round(slope, 2),
-            "ceiling_distance_m": ceiling_m,
-            "free_height_m": None if floor_m is None or ceiling_m is None else round(floor_m + ceiling_m, 4)}
+        slope = np.degrees(np.arccos(min(1.0, abs(normal @ DOWN) / np.linalg.norm(normal))))
+        clearance.update(floor_distance_m=round(floor[0], 4), floor_slope_deg=round(float(slope), 2))
+    ceiling = ray_distance(collider.vertices, collider.faces, spawn, -DOWN)
+    level = None if ceiling is not None else _level_height(collider, spawn[None], below=False)
+    if ceiling is not None:
+        clearance.update(ceiling_distance_m=round(ceiling[0], 4), ceiling_from="ray")
+    elif level is not None:
+        clearance.update(ceiling_distance_m=round(-level, 4), ceiling_from="level ceiling")
+    if floor is not None and clearance["ceiling_distance_m"] is not None:
+        clearance["free_height_m"] = round(clearance["floor_distance_m"] + clearance["ceiling_distance_m"], 4)
+    return clearance

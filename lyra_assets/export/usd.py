@@ -13,7 +13,7 @@ Layout of the stage (one layer; packed with its textures into an ARKit-compliant
         Looks/materialK  Material: UsdPreviewSurface fed by UsdUVTexture (albedo sRGB, normal map raw)
         collider       Mesh, purpose guide (never rendered), PhysicsCollisionAPI + PhysicsMeshCollisionAPI
                        (approximation none: it is already a low-triangle proxy); static, no rigid body
-        spawn          Xform at the first camera; customData: the floor and free height measured there
+        spawn          Xform at the first camera, facing its view (-Z); customData: the clearance there
     /PhysicsScene      gravity 9.81 m/s² along -Y; outside the defaultPrim, so referencing the asset into
                        a simulator's own stage brings no second scene along
 
