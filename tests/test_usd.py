@@ -266,3 +266,14 @@ def test_unknown_format_is_refused(tmp_path, example_image):
     result = CliRunner().invoke(main, ["build", str(example_image), "-o", str(tmp_path), "--format", "fbx"])
     assert result.exit_code == 2 and "fbx" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sidecar_asks_for_usd_next_to_the_glb(small_sidecar):
+    """`[export] formats` in any settings layer; the GLB is always among them (every surface reads it)."""
+    from lyra_assets.job import resolve_job
+
+    small_sidecar.with_suffix(".toml").write_text('[export]\nformats = ["usd"]\n')
+    assert resolve_job(small_sidecar).export.formats == ("glb", "usd")
+    small_sidecar.with_suffix(".toml").write_text('[export]\nformats = ["fbx"]\n')
+    with pytest.raises(LyraAssetsError, match="formats"):
+        resolve_job(small_sidecar)
