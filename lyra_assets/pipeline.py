@@ -155,7 +155,11 @@ def mesh(walkthrough_dir: str | Path, out_dir: str | Path = "out", name: str | N
 
 def _export_paths(folder: Path, name: str, spec: JobSpec) -> list[Path]:
     """The asset files the job writes: the GLB, then the USD package when asked for."""
-    return [folder / f"{name}.glb"] + ([folder / f"{name}.usdz"] if "usd" in spec.export.formats else [])
+    if "usd" not in spec.export.formats:
+        return [folder / f"{name}.glb"]
+    from .export import usd  # noqa: F401  usd-core is optional: a missing one is reported here, before any work
+
+    return [folder / f"{name}.glb", folder / f"{name}.usdz"]
 
 
 def _recorded_provenance(walkthrough: Walkthrough, folder: Path, options: dict[str, Any] | None) -> Provenance:

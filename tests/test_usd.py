@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import warnings
 
 import numpy as np
@@ -277,3 +278,12 @@ def test_a_sidecar_asks_for_usd_next_to_the_glb(small_sidecar):
     small_sidecar.with_suffix(".toml").write_text('[export]\nformats = ["fbx"]\n')
     with pytest.raises(LyraAssetsError, match="formats"):
         resolve_job(small_sidecar)
+
+
+def test_missing_usd_core_is_reported_before_any_work(monkeypatch, tmp_path, example_image):
+    monkeypatch.setitem(sys.modules, "pxr", None)  # as if usd-core were not installed
+    monkeypatch.delitem(sys.modules, "lyra_assets.export.usd")
+    monkeypatch.delattr("lyra_assets.export.usd")
+    result = CliRunner().invoke(main, ["build", str(example_image), "-o", str(tmp_path), "--format", "usd"])
+    assert result.exit_code == 2 and "pip install 'lyra-assets[usd]'" in result.output
+    assert list(tmp_path.iterdir()) == []
