@@ -10,21 +10,18 @@ import json
 import sys
 import warnings
 
+import clients
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from pxr import Ar, Usd, UsdGeom, UsdPhysics, UsdShade, UsdUtils, UsdValidation  # usd-core: in the test extra
+from test_export import EXTRAS, ROOM_MAX, ROOM_MIN, make_asset
 
-pytest.importorskip("pxr", reason="usd-core is in the test extra")
-from pxr import Ar, Usd, UsdGeom, UsdPhysics, UsdShade, UsdUtils, UsdValidation  # noqa: E402
-from test_export import EXTRAS, ROOM_MAX, ROOM_MIN, make_asset  # noqa: E402
-
-import clients  # noqa: E402
-
-from lyra_assets.assets.collision import ray_distance  # noqa: E402
-from lyra_assets.cli import main  # noqa: E402
-from lyra_assets.errors import LyraAssetsError  # noqa: E402
-from lyra_assets.export.usd import write_usd  # noqa: E402
+from lyra_assets.assets.collision import ray_distance
+from lyra_assets.cli import main
+from lyra_assets.errors import LyraAssetsError
+from lyra_assets.export.usd import write_usd
 
 EYE_HEIGHT_M = 1.6  # the synthetic room's floor and the layout generator's, below the first camera
 
