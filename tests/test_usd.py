@@ -12,6 +12,7 @@ import warnings
 
 import clients
 import numpy as np
+import pybullet
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -258,6 +259,44 @@ def test_real_build_spawn_has_floor_at_eye_height(real_build):
     assert manifest["collider"]["cameras_without_floor"] >= 1
     assert spawn["ceiling_from"] == "level ceiling"
     assert spawn["free_height_m"] == pytest.approx(room["room_max_m"][1] - room["room_min_m"][1], rel=0.05)
+
+
+def test_a_body_dropped_at_the_spawn_lands_on_the_floor_in_bullet(real_build):
+    """A real physics engine (Bullet) on the USD alone: its collider as a static triangle mesh, its scene's
+    gravity. A 0.2 m ball let go at the spawn comes to rest on the floor, then rolls 3 m along the path
+    (the spawn's forward, -Z) without falling through."""
+    outputs, manifest = real_build
+    stage = Usd.Stage.Open(outputs["usd"])
+    collider = UsdGeom.Mesh(stage.GetPrimAtPath(stage.GetDefaultPrim().GetPath().AppendChild("collider")))
+    scene = UsdPhysics.Scene(stage.GetPrimAtPath("/PhysicsScene"))
+    world = pybullet.connect(pybullet.DIRECT)
+    try:
+        gravity = np.array(scene.GetGravityDirectionAttr().Get()) * scene.GetGravityMagnitudeAttr().Get()
+        pybullet.setGravity(*gravity, physicsClientId=world)
+        level = pybullet.createCollisionShape(
+            pybullet.GEOM_MESH, vertices=np.array(collider.GetPointsAttr().Get(), np.float64).tolist(),
+            indices=list(collider.GetFaceVertexIndicesAttr().Get()), flags=pybullet.GEOM_FORCE_CONCAVE_TRIMESH,
+            physicsClientId=world)
+        pybullet.createMultiBody(0, level, physicsClientId=world)  # mass 0: static, like the USD's collider
+        radius = 0.2
+        ball = pybullet.createMultiBody(1.0, pybullet.createCollisionShape(pybullet.GEOM_SPHERE, radius=radius,
+                                                                           physicsClientId=world),
+                                        basePosition=[0, 0, 0], physicsClientId=world)
+
+        def run(seconds: float) -> np.ndarray:
+            for _ in range(round(seconds * 240)):  # Bullet's default step: 1/240 s
+                pybullet.stepSimulation(physicsClientId=world)
+            return np.array(pybullet.getBasePositionAndOrientation(ball, physicsClientId=world)[0])
+
+        rest = run(2.0)
+        floor = manifest["spawn"]["floor_distance_m"]
+        assert rest[1] == pytest.approx(-floor + radius, abs=0.01)
+        assert np.linalg.norm(pybullet.getBaseVelocity(ball, physicsClientId=world)[0]) < 1e-3
+        pybullet.resetBaseVelocity(ball, [0, 0, -2.0], physicsClientId=world)
+        rolled = run(3.0)
+        assert rolled[2] < -3.0 and rolled[1] == pytest.approx(rest[1], abs=0.02)
+    finally:
+        pybullet.disconnect(world)
 
 
 def test_unknown_format_is_refused(tmp_path, example_image):
