@@ -216,6 +216,16 @@ def test_usdc_keeps_its_textures_beside_it(tmp_path):
     assert all(p.suffix == ".png" for p in (tmp_path / "atrium_textures").iterdir())
 
 
+def test_a_non_ascii_name_becomes_a_plain_prim_name(tmp_path):
+    """Output names may be any Unicode (a drop folder keeps them); prim and package file names stay ASCII."""
+    asset = make_asset()
+    asset.name = "Façade_été_日本"
+    path = tmp_path / f"{asset.name}.usdz"
+    assert write_usd(asset, path)["root"] == "/Facade_ete__"
+    assert Usd.Stage.Open(str(path)).GetDefaultPrim().GetPath() == "/Facade_ete__"
+    assert compliance(path) == ([], [], [])
+
+
 def test_unknown_suffix_is_refused(tmp_path):
     with pytest.raises(LyraAssetsError, match="must end in .usdz or .usdc"):
         write_usd(make_asset(), tmp_path / "atrium.obj")

@@ -4,7 +4,7 @@ Written with usd-core (Pixar's reference implementation), imported lazily: the p
 it. The geometry goes through gltf.py's helpers, so USD and the GLB share one Y-up frame (metres) and the
 change of axes from OpenCV happens in one place.
 
-Layout of the stage (one layer; packed with its textures into an ARKit-compliant .usdz, or a .usdc next to a
+Layout of the stage (one layer; packed with its textures/ into an ARKit-compliant .usdz, or a .usdc next to a
 `<stem>_textures/` folder):
 
     /<name>            Xform, defaultPrim, kind component; customData.lyra_assets: provenance
@@ -24,6 +24,7 @@ points to the image's top in both conventions.
 from __future__ import annotations
 
 import tempfile
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +56,18 @@ def write_usd(asset: LevelAsset, path: Path) -> dict[str, Any]:
     # Everything is made in a hidden sibling folder and renamed into place: a crash leaves no half file.
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         work = Path(tmp)
-        textures = f"{path.stem}_textures"
-        summary = _write_stage(asset, work / f"{path.stem}.usdc", textures)
+        if path.suffix == ".usdz":
+            # Inside the package: the usual "textures/" and an ASCII layer name, whatever the asset is called.
+            layer, textures = work / f"{_prim_name(asset.name)}.usdc", "textures"
+        else:  # beside a .usdc, its textures are named after it, so two can share a folder
+            layer, textures = work / path.name, f"{path.stem}_textures"
+        summary = _write_stage(asset, layer, textures)
         if path.suffix == ".usdz":
             # Packed by hand with Sdf's zip writer rather than UsdUtils' packager, which renames the texture
             # folder and warns about its own renamed paths. The root layer goes first, as usdz requires.
             packed = work / path.name
             writer = Sdf.ZipFileWriter.CreateNew(str(packed))
-            writer.AddFile(str(work / f"{path.stem}.usdc"), f"{path.stem}.usdc")
+            writer.AddFile(str(layer), layer.name)
             for image in sorted((work / textures).iterdir()):
                 writer.AddFile(str(image), f"{textures}/{image.name}")
             writer.Save()
@@ -71,7 +76,7 @@ def write_usd(asset: LevelAsset, path: Path) -> dict[str, Any]:
             (path.parent / textures).mkdir(exist_ok=True)
             for image in (work / textures).iterdir():
                 image.replace(path.parent / textures / image.name)
-            (work / f"{path.stem}.usdc").replace(path)
+            layer.replace(path)
     return {"path": str(path), "bytes": path.stat().st_size, **summary}
 
 
@@ -210,6 +215,7 @@ def _custom_data(extras: dict[str, Any]) -> dict[str, Any]:
 
 
 def _prim_name(name: str) -> str:
-    """A valid prim name for the asset's name (letters, digits and _, not starting with a digit)."""
-    return Tf.MakeValidIdentifier(name)
+    """The asset's name as a prim name simulators and ARKit all read: ASCII letters, digits and _, not
+    starting with a digit ("Façade été" -> "Facade_ete")."""
+    return Tf.MakeValidIdentifier(unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode())
 
