@@ -94,6 +94,23 @@ def _write_stage(asset: LevelAsset, layer_path: Path, textures: str) -> dict[str
     stage.GetRootLayer().customLayerData = {PROVENANCE_KEY: provenance}
 
     materials = _materials(stage, asset, root_path.AppendChild("Looks"), layer_path.parent, textures)
+    triangles = _lod_variants(stage, root, asset, materials)
+    collider_triangles = _collider(stage, root_path.AppendChild("collider"), asset)
+
+    clearance = spawn_clearance(asset.collider)
+    spawn = UsdGeom.Xform.Define(stage, root_path.AppendChild("spawn")).GetPrim()
+    spawn.SetCustomDataByKey("clearance", {k: v for k, v in clearance.items() if v is not None})
+
+    scene = UsdPhysics.Scene.Define(stage, "/PhysicsScene")
+    scene.CreateGravityDirectionAttr(Gf.Vec3f(0.0, -1.0, 0.0))
+    scene.CreateGravityMagnitudeAttr(GRAVITY_M_S2)
+    stage.GetRootLayer().Save()
+    return {"root": str(root_path), "triangles": triangles, "collider_triangles": collider_triangles,
+            "materials": len(materials), "spawn": clearance}
+
+
+def _lod_variants(stage, root, asset: LevelAsset, materials: dict[tuple[int, int], Any]) -> list[int]:
+    """The variant set "LOD": variant LODk defines <root>/visual as level k. Returns triangles per level."""
     variants = root.GetVariantSets().AddVariantSet("LOD")
     triangles = []
     for level, lod in enumerate(asset.lods):
@@ -103,7 +120,7 @@ def _write_stage(asset: LevelAsset, layer_path: Path, textures: str) -> dict[str
         with variants.GetVariantEditContext():
             faces = drop_degenerate_triangles(lod.faces, f"{asset.name}_{name}")
             attributes = lod_attributes(lod, f"{asset.name}_{name}")
-            mesh = _mesh(stage, root_path.AppendChild("visual"), attributes["POSITION"], faces)
+            mesh = _mesh(stage, root.GetPath().AppendChild("visual"), attributes["POSITION"], faces)
             mesh.CreateNormalsAttr(Vt.Vec3fArray.FromNumpy(attributes["NORMAL"]))
             mesh.SetNormalsInterpolation(UsdGeom.Tokens.vertex)
             st = attributes["TEXCOORD_0"].copy()
@@ -116,25 +133,19 @@ def _write_stage(asset: LevelAsset, layer_path: Path, textures: str) -> dict[str
             mesh.GetPrim().SetCustomDataByKey("geometric_error_m", float(lod.geometric_error))
         triangles.append(len(faces))
     variants.SetVariantSelection("LOD0")
+    return triangles
 
-    collider_name = f"{asset.name}_collider"
-    collider_faces = drop_degenerate_triangles(asset.collider.faces, collider_name)
-    collider = _mesh(stage, root_path.AppendChild("collider"),
-                     y_up_points(asset.collider.vertices, collider_name), collider_faces)
+
+def _collider(stage, path, asset: LevelAsset) -> int:
+    """The collision proxy: a static triangle-mesh collider of purpose guide. Returns its triangles."""
+    name = f"{asset.name}_collider"
+    faces = drop_degenerate_triangles(asset.collider.faces, name)
+    collider = _mesh(stage, path, y_up_points(asset.collider.vertices, name), faces)
     collider.CreatePurposeAttr(UsdGeom.Tokens.guide)
     UsdPhysics.CollisionAPI.Apply(collider.GetPrim())
+    # The proxy is already a few thousand triangles: PhysX takes it as it is, no convex approximation.
     UsdPhysics.MeshCollisionAPI.Apply(collider.GetPrim()).CreateApproximationAttr(UsdPhysics.Tokens.none)
-
-    clearance = spawn_clearance(asset.collider)
-    spawn = UsdGeom.Xform.Define(stage, root_path.AppendChild("spawn")).GetPrim()
-    spawn.SetCustomDataByKey("clearance", {k: v for k, v in clearance.items() if v is not None})
-
-    scene = UsdPhysics.Scene.Define(stage, "/PhysicsScene")
-    scene.CreateGravityDirectionAttr(Gf.Vec3f(0.0, -1.0, 0.0))
-    scene.CreateGravityMagnitudeAttr(GRAVITY_M_S2)
-    stage.GetRootLayer().Save()
-    return {"root": str(root_path), "triangles": triangles, "collider_triangles": len(collider_faces),
-            "materials": len(materials), "spawn": clearance}
+    return len(faces)
 
 
 def _materials(stage, asset: LevelAsset, looks, folder: Path, textures: str) -> dict[tuple[int, int], Any]:
