@@ -19,6 +19,7 @@ from .assets.level import make_level_asset
 from .errors import LyraAssetsError
 from .export.gltf import write_glb
 from .export.preview import render_preview
+from .export.splats import export_splats
 from .files import write_json_atomically
 from .images import load_concept_image
 from .job import JobSpec, resolve_job, safe_name
@@ -26,12 +27,12 @@ from .motions import camera_path, keep_clear
 from .presets import deep_merge
 from .progress import Progress, silent
 from .provenance import Provenance
+from .settings import TABLES, validated
 from .reconstruct.fusion import fuse
-from .splats import export_splats
 from .walkthrough import Walkthrough
 
 
-MESH_OPTIONS = ("assets", "fusion", "export")  # what `mesh` may change of a saved walkthrough's job
+MESH_OPTIONS = tuple(TABLES)  # what `mesh` may change of a saved walkthrough's job
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,12 @@ def mesh(walkthrough_dir: str | Path, out_dir: str | Path = "out", name: str | N
     """A saved walkthrough folder -> out_dir/<name>/<name>.glb (+ manifest.json, preview.png).
     `options` may set [assets], [fusion] and [export]; the walkthrough's own settings stay as recorded."""
     walkthrough_dir = Path(walkthrough_dir)
+    unknown = set(options or {}) - set(MESH_OPTIONS)
+    if unknown:
+        raise LyraAssetsError(f"a saved walkthrough keeps its own {', '.join(sorted(unknown))} settings; "
+                              f"`mesh` can change only {', '.join(MESH_OPTIONS)}")
+    for key, table in (options or {}).items():  # refused before the walkthrough is read
+        validated(TABLES[key], table, "command-line options", f"[{key}]")
     walkthrough = Walkthrough.load(walkthrough_dir)
     provenance = _recorded_provenance(walkthrough, walkthrough_dir, options)
     if name is None:
@@ -165,10 +172,6 @@ def _export_paths(folder: Path, name: str, spec: JobSpec) -> list[Path]:
 def _recorded_provenance(walkthrough: Walkthrough, folder: Path, options: dict[str, Any] | None) -> Provenance:
     """The walkthrough's record with new asset options; for a walkthrough made by another tool, a record of
     its input image under the built-in settings."""
-    unknown = set(options or {}) - set(MESH_OPTIONS)
-    if unknown:
-        raise LyraAssetsError(f"a saved walkthrough keeps its own {', '.join(sorted(unknown))} settings; "
-                              f"`mesh` can change only {', '.join(MESH_OPTIONS)}")
     if "provenance" in walkthrough.info:
         recorded = Provenance.from_json(walkthrough.info["provenance"], str(folder / "manifest.json"))
         return recorded.respecified(recorded.spec(options))
