@@ -180,10 +180,12 @@ def extend(folder: str | Path, preset: str | None = None, trajectory: str | Path
     options = options or {}
     name, asset_settings = _built_asset(folder)
     earlier = Walkthrough.load(walk_dir)
+    asset_options = deep_merge(asset_settings, {k: v for k, v in options.items() if k in MESH_OPTIONS})
+    if "provenance" in earlier.info:  # an optional exporter that is missing is reported before any work
+        _export_paths(folder, name, Provenance.from_json(earlier.info["provenance"], str(walk_dir)).spec(asset_options))
     grown = extend_walkthrough(earlier, str(walk_dir), preset, trajectory, from_frame, in_world=in_world,
                                options={k: v for k, v in options.items() if k not in MESH_OPTIONS},
                                progress=progress)
-    asset_options = deep_merge(asset_settings, {k: v for k, v in options.items() if k in MESH_OPTIONS})
     provenance = grown.provenance.respecified(grown.provenance.spec(asset_options))
     with output_folder(walk_dir, force=True) as new_walk, \
             tempfile.TemporaryDirectory(prefix=".extending.", dir=folder) as staged:
