@@ -18,6 +18,7 @@ from clients import validate
 from lyra_assets import build, extend
 from lyra_assets.cli import main
 from lyra_assets.errors import LyraAssetsError
+from lyra_assets.pipeline import _recorded_provenance
 from lyra_assets.trajectory import CameraPath, intrinsics_from_fov, yaw_pose
 from lyra_assets.walkthrough import Walkthrough
 
@@ -89,6 +90,9 @@ def test_segments_and_keys_are_recorded(world):
     keys = [world["built"].manifest["job_key"], world["first"].manifest["job_key"], manifest["job_key"]]
     assert len(set(keys)) == 3  # each extension changes the world's key
     assert manifest["provenance"]["segments"] == segments[1:] and walk["job_key"] == manifest["job_key"]
+    # `mesh` of the extended walkthrough keeps its segments, so the same settings give the same key
+    recorded = _recorded_provenance(Walkthrough.load(folder / "walkthrough"), folder / "walkthrough", None)
+    assert recorded.job_key == manifest["job_key"] and len(recorded.segments) == 2
     assert world["events"][0][0] == "survey" and {e[0] for e in world["events"]} >= {"generate", "fuse", "export"}
     assert world["cli"][-1]["event"] == "done" and world["cli"][-1]["outputs"]["glb"] == str(folder / "corridor.glb")
 
