@@ -180,7 +180,10 @@ class LYRA_ASSETS_OT_extend(PipelineJob, bpy.types.Operator):
         old = bpy.data.objects.get(self._level)
         root = (world_view.replace_level(context, old, outputs["glb"]) if old is not None
                 else importer.import_asset(context, outputs["glb"]))
-        _show_points(context, root)
+        try:
+            _show_points(context, root)
+        except (OSError, KeyError, ValueError) as exc:  # the level is in; only its points are missing
+            self.report({'WARNING'}, f"cannot read the level's walkthrough: {exc}")
         return root
 
 
