@@ -142,13 +142,15 @@ def extend_job(spec):
         camera.keyframe_insert("rotation_euler", frame=key["frame"])
     scene.frame_start, scene.frame_end = explore["keys"][0]["frame"], explore["keys"][-1]["frame"]
     settings = scene.lyra_assets
+    settings.use_camera_path, settings.extend_preset, settings.frames = False, "look_around", 5
+    by_preset = addon("jobs").extend_request(bpy.context, old_root, spec["work_dir"])  # what the preset mode asks
     settings.use_camera_path, settings.frames, settings.max_points = True, 0, explore["max_points"]
     result = bpy.ops.lyra_assets.extend('INVOKE_DEFAULT')
     root = bpy.context.view_layer.objects.active
     points = bpy.data.objects.get("corridor_points")
     cameras = bpy.data.objects.get("corridor_cameras")
     return {"result": sorted(result), "panel_error": addon("operators").STATE.error,
-            "old": old, "old_root_left": any(obj.session_uid == old["uid"] for obj in bpy.data.objects),
+            "by_preset": [by_preset.folder, by_preset.preset, by_preset.trajectory, by_preset.frames], "old": old, "old_root_left": any(obj.session_uid == old["uid"] for obj in bpy.data.objects),
             "root": describe(root), "new_uid": root.session_uid,
             "level_collections": [c.name for c in scene.collection.children if c.name.startswith("corridor")],
             "collection_objects": sorted(obj.name for obj in root.users_collection[0].all_objects),

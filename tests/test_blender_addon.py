@@ -412,6 +412,8 @@ def test_extend_from_camera_replaces_the_level_and_shows_its_points(blender_run)
     assert not extended["old_root_left"] and extended["new_uid"] != extended["old"]["uid"]
     assert extended["level_collections"] == ["corridor"]  # the rebuilt level took the old one's place
     assert extended["root"]["name"] == "corridor"
+    # without the camera path: the chosen preset from the walkthrough's last pose, on the level's output folder
+    assert extended["by_preset"] == [str(Path(blender_run["spec"]["out_dir"]) / "corridor"), "look_around", "", 5]
 
     walkthrough = Path(blender_run["spec"]["out_dir"]) / "corridor" / "walkthrough"
     walk = Walkthrough.load(walkthrough)
