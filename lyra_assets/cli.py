@@ -124,6 +124,8 @@ def asset_options(command):
         click.option("--lod0-triangles", type=int, help="Triangle budget of LOD0. [150000]"),
         click.option("--texture-size", type=int, help="Texture size of LOD0 in texels. [2048]"),
         click.option("--lods", type=click.IntRange(2, 8), help="Levels of detail, LOD0 included. [4]"),
+        click.option("--profile", "profiles", multiple=True, metavar="NAME",
+                     help="Engine profile: gltf, unity, unreal, godot or web; one file each, repeatable. [gltf]"),
     ]
     for option in reversed(options):
         command = option(command)
@@ -163,14 +165,15 @@ def generate(ctx: click.Context, image: Path, preset: str | None, generator: str
 def build(ctx: click.Context, image: Path, preset: str | None, generator: str | None, sidecar: Path | None,
           trajectory: Path | None, frames: int | None, lyra_frames: bool, fov: float | None,
           preset_dirs: tuple[Path, ...], out_dir: Path, force: bool, voxel_size: float | None,
-          lod0_triangles: int | None, texture_size: int | None, lods: int | None) -> None:
+          lod0_triangles: int | None, texture_size: int | None, lods: int | None,
+          profiles: tuple[str, ...]) -> None:
     """IMAGE to a game-ready glTF: writes OUT/<name>/<name>.glb, manifest.json, preview.png, walkthrough/."""
     from .pipeline import build as run_build
 
     with reporting(ctx) as progress:
         result = run_build(image, preset, out_dir, generator, sidecar, trajectory, list(preset_dirs),
                            _overrides(frames, lyra_frames, fov), _asset_settings(lod0_triangles, texture_size, lods),
-                           voxel_size, force, progress)
+                           voxel_size, force, progress, profiles or None)
         finish(ctx, f"asset: {result.glb}", result.outputs)
 
 
@@ -181,13 +184,14 @@ def build(ctx: click.Context, image: Path, preset: str | None, generator: str | 
 @click.option("--name", help="Asset name. [the walkthrough's parent folder]")
 @click.pass_context
 def mesh(ctx: click.Context, walkthrough: Path, out_dir: Path, force: bool, voxel_size: float | None,
-         lod0_triangles: int | None, texture_size: int | None, lods: int | None, name: str | None) -> None:
+         lod0_triangles: int | None, texture_size: int | None, lods: int | None, profiles: tuple[str, ...],
+         name: str | None) -> None:
     """The asset stages alone, on a saved WALKTHROUGH folder: writes OUT/<name>/<name>.glb."""
     from .pipeline import mesh as run_mesh
 
     with reporting(ctx) as progress:
         result = run_mesh(walkthrough, out_dir, name, _asset_settings(lod0_triangles, texture_size, lods), voxel_size,
-                          force, progress)
+                          force, progress, profiles or None)
         finish(ctx, f"asset: {result.glb}", result.outputs)
 
 

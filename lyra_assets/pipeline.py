@@ -15,7 +15,7 @@ import numpy as np
 from . import __version__, generators
 from .assets.level import AssetSettings, make_level_asset
 from .errors import LyraAssetsError
-from .export.gltf import write_glb
+from .export.profiles import DEFAULT_PROFILE, check_profiles, profile_file, write_profile
 from .export.preview import render_preview
 from .files import write_json_atomically
 from .job import Job, load_job, safe_name
@@ -95,36 +95,43 @@ def build(image: str | Path, preset: str | None = None, out_dir: str | Path = "o
           generator: str | None = None, sidecar: str | Path | None = None,
           trajectory: str | Path | None = None, preset_dirs: list[Path] | None = None,
           overrides: dict[str, Any] | None = None, asset_settings: AssetSettings | None = None,
-          voxel_size: float | None = None, force: bool = False, progress: Progress = silent) -> BuildResult:
-    """Concept image -> out_dir/<name>/<name>.glb, with manifest.json, preview.png and walkthrough/."""
+          voxel_size: float | None = None, force: bool = False, progress: Progress = silent,
+          profiles: tuple[str, ...] | None = None) -> BuildResult:
+    """Concept image -> out_dir/<name>/<name>.glb, with manifest.json, preview.png and walkthrough/.
+
+    profiles: engine profiles to export, one file each (export/profiles.py); the default is gltf alone.
+    """
+    profiles = check_profiles(profiles)
     job = load_job(image, preset, generator, sidecar, trajectory, preset_dirs, overrides)
     folder = Path(out_dir) / job.name
-    _refuse_existing([folder / "walkthrough", folder / f"{job.name}.glb"], force)
+    _refuse_existing([folder / "walkthrough", *(profile_file(folder, job.name, p) for p in profiles)], force)
     walkthrough = walk(job, progress)
     progress("save", 0, 1, "walkthrough")
     walkthrough_dir = walkthrough.save(folder / "walkthrough", force=force)
     progress("save", 1, 1, "walkthrough")
     return _make_asset(walkthrough, walkthrough_dir, folder, job.name, asset_settings, voxel_size, force,
-                       progress)
+                       progress, profiles)
 
 
 def mesh(walkthrough_dir: str | Path, out_dir: str | Path = "out", name: str | None = None,
          asset_settings: AssetSettings | None = None, voxel_size: float | None = None, force: bool = False,
-         progress: Progress = silent) -> BuildResult:
+         progress: Progress = silent, profiles: tuple[str, ...] | None = None) -> BuildResult:
     """A saved walkthrough folder -> out_dir/<name>/<name>.glb (+ manifest.json, preview.png)."""
+    profiles = check_profiles(profiles)
     walkthrough_dir = Path(walkthrough_dir)
     walkthrough = Walkthrough.load(walkthrough_dir)
     if name is None:
         parent = walkthrough_dir.resolve()
         name = safe_name(parent.parent.name if parent.name == "walkthrough" else parent.name)
     folder = Path(out_dir) / name
-    _refuse_existing([folder / f"{name}.glb"], force)
-    return _make_asset(walkthrough, walkthrough_dir, folder, name, asset_settings, voxel_size, force, progress)
+    _refuse_existing([profile_file(folder, name, p) for p in profiles], force)
+    return _make_asset(walkthrough, walkthrough_dir, folder, name, asset_settings, voxel_size, force, progress,
+                       profiles)
 
 
 def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, name: str,
                 settings: AssetSettings | None, voxel_size: float | None, force: bool,
-                progress: Progress) -> BuildResult:
+                progress: Progress, profiles: tuple[str, ...] = (DEFAULT_PROFILE,)) -> BuildResult:
     settings = settings or AssetSettings()
     timings = dict(walkthrough.info.get("timings_s", {}))
 
@@ -145,20 +152,25 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
     }
 
     started = time.perf_counter()
-    progress("export", 0, 2, "glTF")
-    glb = folder / f"{name}.glb"
-    summary = write_glb(asset, glb)
-    outputs = {"glb": {"file": glb.name, "bytes": summary["bytes"]}}
+    steps = len(profiles) + 1
+    outputs: dict[str, Any] = {}
+    for k, profile in enumerate(profiles):  # one file per engine profile
+        progress("export", k, steps, f"glTF ({profile})")
+        path = profile_file(folder, name, profile)
+        summary = write_profile(asset, profile, path)
+        outputs["glb" if profile == DEFAULT_PROFILE else f"glb.{profile}"] = {"file": path.name,
+                                                                            "bytes": summary["bytes"]}
+    glb = profile_file(folder, name, profiles[0])
     if walkthrough.splats is not None:  # next to the GLB, in its frame: Y up, metres
         splats_file = folder / f"{name}.splats.ply"
         export_splats(walkthrough.splats, splats_file)
         outputs["splats"] = {"file": splats_file.name, "bytes": splats_file.stat().st_size,
                              "gaussians": len(walkthrough.splats)}
-    progress("export", 1, 2, "preview")
+    progress("export", steps - 1, steps, "preview")
     preview = folder / "preview.png"
     shown = walkthrough.frames[np.linspace(0, len(walkthrough) - 1, 4).round().astype(int)]
     render_preview(asset, walkthrough.input_image, list(shown), preview)
-    progress("export", 2, 2, "done")
+    progress("export", steps, steps, "done")
     timings["export"] = round(time.perf_counter() - started, 3)
 
     manifest = {
@@ -174,7 +186,8 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
         "lods": [{"node": f"{name}_LOD{i}", "triangles": int(len(lod.faces)), "vertices": int(len(lod.vertices)),
                   "texture_size": int(lod.albedo.shape[0]), "screen_coverage": lod.screen_coverage,
                   "geometric_error_m": lod.geometric_error} for i, lod in enumerate(asset.lods)],
-        "collider": {"node": f"{name}_collider", "triangles": int(len(asset.collider.faces))},
+        "collider": {"mesh": f"{name}_collider", "triangles": int(len(asset.collider.faces))},
+        **summary["level"],  # spawn, bounding sphere, LOD switch distances (glTF frame, metres)
         "timings_s": timings,
         "outputs": {**outputs, "preview": {"file": preview.name, "bytes": preview.stat().st_size},
                     "walkthrough": {"folder": str(walkthrough_dir)}},

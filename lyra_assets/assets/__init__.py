@@ -42,6 +42,7 @@ class Spawn:
 
     c2w: np.ndarray  # (4, 4) camera-to-world, OpenCV axes, metres
     ground: np.ndarray | None  # (3,) the floor point under the camera, or None: the scene has no floor
+    yfov_deg: float | None = None  # the camera's vertical field of view
     patched_m2: float = 0.0  # floor area the asset stage added under the spawn (see spawn.py)
 
 

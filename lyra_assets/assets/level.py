@@ -93,7 +93,7 @@ def make_level_asset(name: str, dense: trimesh.Trimesh, walk: Walkthrough,
     """LOD chain with baked textures and a collider for the fused `dense` mesh (vertex colours sRGB)."""
     if len(dense.faces) == 0:
         raise LyraAssetsError("asset stage: the fused mesh has no triangles")
-    dense, spawn = floor_under_spawn(dense, walk.path.c2w[0])
+    dense, spawn = floor_under_spawn(dense, walk.path)
     n_levels = 1 + len(settings.lod_ratios)
     surface = Surface(dense)
     progress("lod", 0, n_levels)

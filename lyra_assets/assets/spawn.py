@@ -17,11 +17,14 @@ its spawn, so the asset stage extends the floor back under it, whatever generato
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.ndimage
 import scipy.spatial
 import trimesh
 
+from ..trajectory import CameraPath
 from . import Spawn
 
 PATCH_CELL_M = 0.05
@@ -34,15 +37,16 @@ NEAR_FLOOR_M = 2.0  # the observed floor within this distance of its nearest poi
 COLOUR_RADIUS_M = 1.0  # the patch's colour: the observed floor within this of its nearest point
 
 
-def floor_under_spawn(dense: trimesh.Trimesh, spawn_c2w: np.ndarray) -> tuple[trimesh.Trimesh, Spawn]:
-    """`dense` with a floor patch under the spawn camera (as much as is missing), and the spawn itself."""
-    c2w = np.asarray(spawn_c2w, np.float64)
+def floor_under_spawn(dense: trimesh.Trimesh, path: CameraPath) -> tuple[trimesh.Trimesh, Spawn]:
+    """`dense` with a floor patch under the path's first camera (as much as is missing), and that spawn."""
+    c2w = np.asarray(path.c2w[0], np.float64)
+    yfov = math.degrees(2 * math.atan(path.height / 2 / path.K[0, 1, 1]))
     eye = c2w[:3, 3]
     centroids = dense.triangles_center
     up = -dense.face_normals[:, 1] > UP_COSINE  # OpenCV: y is down, so up is -y
     floor = up & (centroids[:, 1] > eye[1] + MIN_DROP_M)
     if not floor.any():  # nothing to stand on anywhere (a floating scene): the spawn has no ground
-        return dense, Spawn(c2w, None, 0.0)
+        return dense, Spawn(c2w, None, yfov)
     plan = centroids[:, [0, 2]] - eye[[0, 2]]  # plan view (x, z) around the spawn
     distance = np.linalg.norm(plan, axis=1)
     nearest = distance[floor].min()
@@ -54,7 +58,7 @@ def floor_under_spawn(dense: trimesh.Trimesh, spawn_c2w: np.ndarray) -> tuple[tr
     ground = eye.copy()
     ground[1] = height
     if cells is None:  # the observed floor already reaches under the spawn
-        return dense, Spawn(c2w, ground, 0.0)
+        return dense, Spawn(c2w, ground, yfov)
     origin, covered = cells
     colour = np.median(_face_colours(dense)[on_floor & (distance < nearest + COLOUR_RADIUS_M)], axis=0)
     patch = _grid_mesh(covered, origin + eye[[0, 2]], height + PATCH_DROP_M, colour)
@@ -62,7 +66,7 @@ def floor_under_spawn(dense: trimesh.Trimesh, spawn_c2w: np.ndarray) -> tuple[tr
         np.vstack([dense.vertices, patch.vertices]),
         np.vstack([dense.faces, patch.faces + len(dense.vertices)]),
         vertex_colors=np.vstack([dense.visual.vertex_colors, patch.visual.vertex_colors]), process=False)
-    return merged, Spawn(c2w, ground, float(covered.sum() * PATCH_CELL_M**2))
+    return merged, Spawn(c2w, ground, yfov, float(covered.sum() * PATCH_CELL_M**2))
 
 
 def _patch_cells(near_floor: np.ndarray, all_floor: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -48,8 +48,9 @@ MIN_COMPONENT_FRACTION = 0.001  # connected pieces under 0.1% of the largest pie
 # The first camera is the spawn, so its whole view must be surface. Marching cubes needs all 8 corners of a
 # cube observed, which leaves a sawtooth one voxel inside every frustum edge, and no later frame of a walk
 # away from the spawn sees there. Frame 0 alone therefore reads its edge pixels' depth (clamped) for voxels
-# up to SPAWN_GUARD_VOXELS outside its image.
-SPAWN_GUARD_VOXELS = 2.0
+# up to SPAWN_GUARD_VOXELS outside its image (the surface continued as a plane; its colour the edge pixel's).
+SPAWN_GUARD_VOXELS = 1.5
+EDGE_COLLINEAR = 0.1  # relative mismatch of inverse-depth steps up to which three edge pixels are one plane
 
 
 @dataclass
@@ -332,6 +333,12 @@ def _integrate(tsdf, weight, colour, colour_weight, tiles, origin, voxel, trunca
                     d = depth[row, col]
                     if d <= 0.0:  # unknown depth says nothing: neither surface nor free space
                         continue
+                    outside_u, outside_v = not 0.0 <= u < width, not 0.0 <= v < height
+                    if outside_u or outside_v:
+                        d = _extrapolated(depth, row, col, u - col - 0.5 if outside_u else 0.0,
+                                          v - row - 0.5 if outside_v else 0.0)
+                        if d <= 0.0:
+                            continue
                     sdf = d - zc
                     if sdf < -truncation:  # hidden behind the surface: unobserved
                         continue
@@ -346,6 +353,35 @@ def _integrate(tsdf, weight, colour, colour_weight, tiles, origin, voxel, trunca
                             mean = tile_colour[a, b, c, ch]
                             tile_colour[a, b, c, ch] = (mean * w + rgb[row, col, ch]) / (w + one)
                         tile_colour_weight[a, b, c] = w + one
+
+
+@numba.njit(inline="always", fastmath=True)
+def _extrapolated(depth, row, col, du, dv):
+    """Depth du, dv pixels past edge pixel (row, col) (0: not past that edge), or 0 where it can't be told.
+
+    On a plane, inverse depth is affine in the pixel coordinates: it is continued with its slope over the
+    two pixels inside the edge where those three pixels lie on one plane, and held where they don't (a
+    crease or an occluding edge meets the image's edge there).
+    """
+    inverse = 1.0 / depth[row, col]
+    if du != 0.0:
+        step = 1 if col == 0 else -1
+        inverse += du * step * _edge_slope(depth[row, col], depth[row, col + step], depth[row, col + 2 * step])
+    if dv != 0.0:
+        step = 1 if row == 0 else -1
+        inverse += dv * step * _edge_slope(depth[row, col], depth[row + step, col], depth[row + 2 * step, col])
+    return 1.0 / inverse if inverse > 0.0 else 0.0
+
+
+@numba.njit(inline="always", fastmath=True)
+def _edge_slope(d0, d1, d2):
+    """Inverse depth's change per pixel inwards from d0 over d1 and d2; 0 unless the three are collinear."""
+    if d1 <= 0.0 or d2 <= 0.0:
+        return 0.0
+    a, b = 1.0 / d1 - 1.0 / d0, 1.0 / d2 - 1.0 / d1
+    if abs(a - b) > EDGE_COLLINEAR * (abs(a) + abs(b)) + 1e-6 / d0:
+        return 0.0
+    return a
 
 
 # -- clean-up --------------------------------------------------------------------------------------------
