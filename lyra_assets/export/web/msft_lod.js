@@ -16,15 +16,14 @@ export class MsftLodPlugin {
     this.fov = fov;
   }
 
-  async afterRoot(gltf) {
+  async afterRoot() {
     const nodes = this.parser.json.nodes || [];
     for (const [index, def] of nodes.entries()) {
       const extension = def.extensions && def.extensions.MSFT_lod;
       if (!extension) continue;
-      for (const scene of gltf.scenes) {
-        const first = findNode(scene, this.parser, index);
-        if (first) await this._replace(first, def, extension.ids);
-      }
+      // The loader caches nodes: this is the object its scene holds (or a node in no scene: no parent).
+      const first = await this.parser.getDependency('node', index);
+      if (first.parent) await this._replace(first, def, extension.ids);
     }
   }
 
@@ -50,13 +49,4 @@ export class MsftLodPlugin {
       lod.addLevel(level, threshold);
     });
   }
-}
-
-function findNode(root, parser, index) {
-  let found = null;
-  root.traverse((object) => {
-    const association = parser.associations.get(object);
-    if (!found && association && association.nodes === index) found = object;
-  });
-  return found;
 }
