@@ -121,6 +121,16 @@ def test_mesh_command_on_the_saved_walkthrough(built, tmp_path):
     again = runner.invoke(main, args, catch_exceptions=False)
     assert again.exit_code == 2 and "already exists; pass --force" in again.output
 
+    # Engine profiles: one file each, the default's name unchanged; an unknown one stops before any work.
+    profiles = args + ["--force", "--profile", "godot", "--profile", "gltf", "--profile", "unreal"]
+    assert runner.invoke(main, profiles, catch_exceptions=False).exit_code == 0
+    files = {p.name for p in (tmp_path / "corridor").glob("*.glb")}
+    assert files == {"corridor.glb", "corridor.godot.glb", "corridor.unreal.glb"}
+    manifest = json.loads((tmp_path / "corridor" / "manifest.json").read_text())
+    assert set(manifest["outputs"]) >= {"glb", "glb.godot", "glb.unreal"}
+    unknown = runner.invoke(main, [*args, "--force", "--profile", "unity5"], catch_exceptions=False)
+    assert unknown.exit_code == 2 and "unknown export profile 'unity5'" in unknown.output
+
 
 def test_mesh_on_a_broken_walkthrough_names_the_file(tmp_path):
     (tmp_path / "walkthrough").mkdir()

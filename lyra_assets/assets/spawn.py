@@ -54,7 +54,11 @@ def floor_under_spawn(dense: trimesh.Trimesh, path: CameraPath) -> tuple[trimesh
     height = _weighted_median(centroids[near, 1], dense.area_faces[near])
     on_floor = floor & (np.abs(centroids[:, 1] - height) < FLOOR_BAND_M)
 
-    cells = _patch_cells(plan[on_floor & (distance < nearest + NEAR_FLOOR_M)], plan[on_floor])
+    # Where the observed floor is: its triangles' corners, edge midpoints and centres, in plan view.
+    corners = dense.vertices[dense.faces[on_floor]][:, :, [0, 2]] - eye[[0, 2]]
+    samples = np.concatenate([corners, (corners + np.roll(corners, 1, axis=1)) / 2,
+                              corners.mean(axis=1, keepdims=True)], axis=1).reshape(-1, 2)
+    cells = _patch_cells(plan[on_floor & (distance < nearest + NEAR_FLOOR_M)], samples)
     ground = eye.copy()
     ground[1] = height
     if cells is None:  # the observed floor already reaches under the spawn
@@ -84,6 +88,7 @@ def _patch_cells(near_floor: np.ndarray, all_floor: np.ndarray) -> tuple[np.ndar
     index = np.floor((all_floor - lo) / PATCH_CELL_M).astype(int)
     keep = np.all((index >= 0) & (index < shape), axis=1)
     observed[index[keep, 0], index[keep, 1]] = True
+    observed = scipy.ndimage.binary_closing(observed, border_value=1)  # cells between samples of a big triangle
     missing = inside & ~observed
     spawn_cell = tuple(np.floor(-lo / PATCH_CELL_M).astype(int))
     if not missing[spawn_cell]:
