@@ -125,14 +125,15 @@ def test_khronos_validator_reports_no_errors_or_warnings(exported):
     assert report["info"]["totalTriangleCount"] == sum(summary["triangles"]) + summary["collider_triangles"]
 
 
-def test_blender_plain_import_shows_one_lod_and_no_collider(exported):
+def test_blender_plain_import_puts_lod0_alone_under_the_root_and_no_collider(exported):
     asset, path, _ = exported
     summary = clients.blender_import(path)
     assert summary["result"] == ["FINISHED"]
     objects = {o["name"]: o for o in summary["objects"]}
     lods = [f"atrium_LOD{i}" for i in range(4)]
     # The collider is no node, so Blender makes no object of it; LOD0 is the root's only child. Blender
-    # imports the file's second scene (LOD1..n, reached through MSFT_lod) as a collection of its own.
+    # imports every node, so the file's second scene (LOD1..n, reached through MSFT_lod) becomes a
+    # collection of its own: still shown, away from the asset (the add-on gathers them under the root).
     assert set(objects) == {"atrium", *lods}
     assert objects["atrium"]["type"] == "EMPTY"
     assert objects["atrium"]["custom_properties"]["job_key"] == EXTRAS["job_key"]

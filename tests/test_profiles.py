@@ -167,3 +167,20 @@ def _positions(gltf: gl.GLTF2, primitive) -> np.ndarray:
     view = gltf.bufferViews[accessor.bufferView]
     start = view.byteOffset + (accessor.byteOffset or 0)
     return np.frombuffer(gltf.binary_blob(), np.float32, accessor.count * 3, start).reshape(-1, 3).astype(float)
+
+
+def test_godot3_never_draws_the_default_files_collider(written):
+    # Evidence for the collider's form: Godot 3 knows no physics extension and imports every node (it shows
+    # LOD1..n of the default file, hence the godot profile), but the collider, a mesh without a node, is
+    # nowhere in what it made.
+    tree = clients.godot_import(written[1]["gltf"][0])
+    found = []
+
+    def walk(node):
+        found.append((node["name"], node.get("triangles")))
+        for child in node["children"]:
+            walk(child)
+
+    walk(tree)
+    meshes = sorted(name for name, triangles in found if triangles is not None)
+    assert meshes == [f"atrium_LOD{i}" for i in range(4)]
