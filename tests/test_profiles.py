@@ -16,7 +16,7 @@ import scipy.spatial
 import clients
 from lyra_assets.errors import LyraAssetsError
 from lyra_assets.export.gltf import OPENCV_TO_GLTF
-from lyra_assets.export.profiles import PROFILES, UCX_THICKNESS_M, check_profiles, profile_file, write_profile
+from lyra_assets.export.profiles import PROFILES, UCX_THICKNESS_M, profile_file, write_profile
 from test_export import make_asset, validator_report
 
 MAGENTA = (255, 0, 255)  # the three.js page's background
@@ -48,10 +48,10 @@ def _names(gltf: gl.GLTF2, indices) -> list[str]:
 
 
 def test_profile_names_and_files(tmp_path):
-    assert check_profiles(None) == ("gltf",)
-    assert check_profiles(["web", "godot", "web"]) == ("web", "godot")
+    assert PROFILES == ("gltf", "unity", "unreal", "godot", "web")
     with pytest.raises(LyraAssetsError, match="unknown export profile 'unity5'; choose from gltf, unity"):
-        check_profiles(["unity5"])
+        write_profile(make_asset(), "unity5", tmp_path / "x.glb")
+    assert list(tmp_path.iterdir()) == []
     assert profile_file(tmp_path, "hall", "gltf").name == "hall.glb"
     assert profile_file(tmp_path, "hall", "godot").name == "hall.godot.glb"
 

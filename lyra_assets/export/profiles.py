@@ -20,6 +20,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,10 @@ import trimesh
 from ..assets import Collider, LevelAsset
 from ..errors import LyraAssetsError
 from ..files import write_atomically
+from ..settings import ProfileName
 from .gltf import MSFT_LOD, OMI_BODY, OMI_SHAPE, Layout, write_glb
 
-PROFILES = ("gltf", "unity", "unreal", "godot", "web")
+PROFILES: tuple[str, ...] = typing.get_args(ProfileName)
 DEFAULT_PROFILE = "gltf"
 
 _LAYOUTS = {
@@ -49,15 +51,6 @@ _AXES = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def check_profiles(profiles: tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
-    """The profiles asked for, each once, in order (the default alone when none); unknown names are errors."""
-    chosen = tuple(dict.fromkeys(profiles or (DEFAULT_PROFILE,)))
-    unknown = [p for p in chosen if p not in PROFILES]
-    if unknown:
-        raise LyraAssetsError(f"unknown export profile {unknown[0]!r}; choose from {', '.join(PROFILES)}")
-    return chosen
-
-
 def profile_file(folder: Path, name: str, profile: str) -> Path:
     """<name>.glb for the default profile, <name>.<profile>.glb for the others."""
     return Path(folder) / (f"{name}.glb" if profile == DEFAULT_PROFILE else f"{name}.{profile}.glb")
@@ -65,7 +58,8 @@ def profile_file(folder: Path, name: str, profile: str) -> Path:
 
 def write_profile(asset: LevelAsset, profile: str, path: Path) -> dict[str, Any]:
     """Write `asset` for one engine profile to `path` (atomically); return the exporter's summary."""
-    check_profiles([profile])
+    if profile not in PROFILES:
+        raise LyraAssetsError(f"unknown export profile {profile!r}; choose from {', '.join(PROFILES)}")
     layout = _LAYOUTS[profile]
     if profile == "unreal":
         pieces = convex_pieces(asset.collider)
