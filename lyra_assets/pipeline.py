@@ -5,6 +5,7 @@ The command line, the drop-folder daemon and the Blender add-on all call these f
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, generators
+from .assets.collision import spawn_clearance
 from .assets.level import make_level_asset
 from .errors import LyraAssetsError
 from .export.profiles import DEFAULT_PROFILE, profile_file, write_profile
@@ -47,10 +49,12 @@ class BuildResult:
     preview: Path
     walkthrough_dir: Path
     manifest: dict[str, Any]
+    usd: Path | None = None  # when the job asked for USD too
 
     @property
     def outputs(self) -> dict[str, str]:
-        return {"glb": str(self.glb), "manifest": str(self.manifest_path), "preview": str(self.preview),
+        usd = {} if self.usd is None else {"usd": str(self.usd)}
+        return {"glb": str(self.glb), **usd, "manifest": str(self.manifest_path), "preview": str(self.preview),
                 "walkthrough": str(self.walkthrough_dir)}
 
 
@@ -120,7 +124,7 @@ def build(image: str | Path | JobSpec, preset: str | None = None, out_dir: str |
     A walkthrough this same job saved before (a build that failed in the asset stages) is used again."""
     spec = job_spec(image, preset, generator, options, **resolve)
     folder = Path(out_dir) / spec.name
-    _refuse_existing([profile_file(folder, spec.name, p) for p in spec.export.profiles], force)
+    _refuse_existing(_export_paths(folder, spec.name, spec), force)
     saved = _saved_walk(folder / "walkthrough", spec)
     if saved is None:
         _refuse_existing([folder / "walkthrough"], force)
@@ -153,8 +157,18 @@ def mesh(walkthrough_dir: str | Path, out_dir: str | Path = "out", name: str | N
         parent = walkthrough_dir.resolve()
         name = safe_name(parent.parent.name if parent.name == "walkthrough" else parent.name)
     folder = Path(out_dir) / name
-    _refuse_existing([profile_file(folder, name, p) for p in provenance.spec().export.profiles], force)
+    _refuse_existing(_export_paths(folder, name, provenance.spec()), force)
     return _make_asset(walkthrough, walkthrough_dir, folder, name, provenance, force, progress)
+
+
+def _export_paths(folder: Path, name: str, spec: JobSpec) -> list[Path]:
+    """The asset files the job writes: one GLB per engine profile, then the USD package when asked for."""
+    glbs = [profile_file(folder, name, profile) for profile in spec.export.profiles]
+    if "usd" not in spec.export.formats:
+        return glbs
+    from .export import usd  # noqa: F401  usd-core is optional: a missing one is reported here, before any work
+
+    return [*glbs, folder / f"{name}.usdz"]
 
 
 def _recorded_provenance(walkthrough: Walkthrough, folder: Path, options: dict[str, Any] | None) -> Provenance:
@@ -163,7 +177,10 @@ def _recorded_provenance(walkthrough: Walkthrough, folder: Path, options: dict[s
     if "provenance" in walkthrough.info:
         recorded = Provenance.from_json(walkthrough.info["provenance"], str(folder / "manifest.json"))
         return recorded.respecified(recorded.spec(options))
-    spec = resolve_job(folder / "input.png", options, find_sidecar_next_to_image=False)
+    image = folder / "input.png"
+    record = {"image": str(image), "image_sha256": hashlib.sha256(image.read_bytes()).hexdigest(),
+              "name": safe_name(folder.name), "settings": {}}
+    spec = JobSpec.from_record(record, options, source=f"{folder} (made by another tool)")
     made_by = walkthrough.info.get("generator") or {}
     return Provenance(spec.key, f"lyra-assets {__version__}", str(made_by.get("name", "unknown")),
                       str(made_by.get("version", "unknown")), str(made_by.get("licence", "unknown")),
@@ -197,15 +214,23 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
     asset.extras = provenance.extras()
 
     started = time.perf_counter()
-    steps = len(spec.export.profiles) + 1
+    paths = _export_paths(folder, name, spec)
+    glbs, usd = paths[:len(spec.export.profiles)], paths[len(spec.export.profiles):]
+    steps = len(paths) + 1
     outputs: dict[str, Any] = {}
-    for k, profile in enumerate(spec.export.profiles):  # one file per engine profile (export/profiles.py)
+    for k, (profile, path) in enumerate(zip(spec.export.profiles, glbs)):  # one file per engine profile
         progress("export", k, steps, f"glTF ({profile})")
-        path = profile_file(folder, name, profile)
         summary = write_profile(asset, profile, path)
         outputs["glb" if profile == DEFAULT_PROFILE else f"glb.{profile}"] = {"file": path.name,
                                                                             "bytes": summary["bytes"]}
-    glb = profile_file(folder, name, spec.export.profiles[0])
+    level = summary["level"]  # spawn, bounding sphere, LOD switch distances (glTF frame, metres)
+    glb = glbs[0]
+    if usd:
+        from .export.usd import write_usd  # usd-core is optional: imported only when USD is asked for
+
+        progress("export", len(glbs), steps, "USD")
+        summary = write_usd(asset, usd[0])
+        outputs["usd"] = {"file": usd[0].name, "bytes": summary["bytes"], "root": summary["root"]}
     if walkthrough.splats is not None:  # next to the GLB, in its frame: Y up, metres
         splats_file = folder / f"{name}.splats.ply"
         export_splats(walkthrough.splats, splats_file)
@@ -230,15 +255,18 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
         "lods": [{"node": f"{name}_LOD{i}", "triangles": int(len(lod.faces)), "vertices": int(len(lod.vertices)),
                   "texture_size": int(lod.albedo.shape[0]), "screen_coverage": lod.screen_coverage,
                   "geometric_error_m": lod.geometric_error} for i, lod in enumerate(asset.lods)],
-        "collider": {"mesh": f"{name}_collider", "triangles": int(len(asset.collider.faces))},
-        **summary["level"],  # spawn, bounding sphere, LOD switch distances (glTF frame, metres)
+        "collider": {"mesh": f"{name}_collider", "triangles": int(len(asset.collider.faces)), **asset.collider.notes},
+        # The spawn in the glTF frame; for robots, a ray down from it to the collider's floor, and up to its ceiling.
+        "spawn": {**level["spawn"], "camera": 0, **spawn_clearance(asset.collider)},
+        "bounding_sphere": level["bounding_sphere"],
+        "lod_switch": level["lod_switch"],
         "timings_s": timings,
         "outputs": {**outputs, "preview": {"file": preview.name, "bytes": preview.stat().st_size},
                     "walkthrough": {"folder": str(walkthrough_dir)}},
     }
     manifest_path = folder / "manifest.json"
     write_json_atomically(manifest_path, manifest)
-    return BuildResult(glb, manifest_path, preview, walkthrough_dir, manifest)
+    return BuildResult(glb, manifest_path, preview, walkthrough_dir, manifest, usd[0] if usd else None)
 
 
 def _refuse_existing(paths: list[Path], force: bool) -> None:
