@@ -21,7 +21,6 @@ from typing import Any, NoReturn
 from urllib.parse import urlencode
 
 import numpy as np
-
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

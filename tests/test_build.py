@@ -8,9 +8,9 @@ import numpy as np
 import pygltflib as gl
 import pytest
 from click.testing import CliRunner
-
 from clients import blender_import, three_render
 from test_export import validator_report
+
 from lyra_assets import build
 from lyra_assets.cli import main
 
@@ -76,7 +76,8 @@ def _accessor(gltf: gl.GLTF2, index: int) -> np.ndarray:
     view = gltf.bufferViews[accessor.bufferView]
     dtype = {gl.FLOAT: np.float32, gl.UNSIGNED_SHORT: np.uint16, gl.UNSIGNED_INT: np.uint32}[accessor.componentType]
     width = {gl.SCALAR: 1, gl.VEC3: 3}[accessor.type]
-    return np.frombuffer(gltf.binary_blob(), dtype, accessor.count * width, view.byteOffset + (accessor.byteOffset or 0))
+    start = view.byteOffset + (accessor.byteOffset or 0)
+    return np.frombuffer(gltf.binary_blob(), dtype, accessor.count * width, start)
 
 
 def test_blender_imports_one_lod_and_textures_at_metre_scale(built):

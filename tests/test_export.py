@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 
+import clients  # tests/ is on sys.path (pytest's rootdir-relative import of test modules)
 import numpy as np
 import pygltflib as gl
 import pytest
@@ -19,8 +20,6 @@ from lyra_assets.assets import Collider, LevelAsset, LodLevel, Spawn
 from lyra_assets.export import render_preview, write_glb
 from lyra_assets.export.gltf import OPENCV_TO_GLTF
 from lyra_assets.export.preview import BACKGROUND, render_mesh, three_quarter_view
-
-import clients  # tests/ is on sys.path (pytest's rootdir-relative import of test modules)
 
 ROOM_MIN = np.array([-2.0, -1.2, -1.5])  # OpenCV axes: the ceiling is 1.2 m above the camera
 ROOM_MAX = np.array([2.0, 1.6, 6.0])  # the floor 1.6 m below it
@@ -178,7 +177,8 @@ def test_axes_change_once_from_opencv_to_gltf(exported):
         np.testing.assert_allclose(positions, lod.vertices * OPENCV_TO_GLTF, atol=1e-6)
         np.testing.assert_allclose(_accessor(gltf, primitive.attributes.NORMAL), lod.normals * OPENCV_TO_GLTF,
                                    atol=1e-6)
-        assert gltf.accessors[primitive.attributes.POSITION].min == pytest.approx((positions - centre).min(axis=0).tolist())
+        stored_min = (positions - centre).min(axis=0).tolist()
+        assert gltf.accessors[primitive.attributes.POSITION].min == pytest.approx(stored_min)
         # The floor, 1.6 m below the camera in OpenCV's y-down axes, is 1.6 m below it in glTF's y-up ones.
         floor = lod.vertices[:, 1] == np.float32(1.6)
         assert floor.any() and np.allclose(positions[floor, 1], -1.6, atol=1e-6)
@@ -350,7 +350,7 @@ def test_preview_sheet(tmp_path):
 
 
 def test_level_info_gives_spawn_bounding_sphere_and_switch_distances(exported):
-    asset, path, summary = exported
+    _, path, summary = exported
     gltf = _load(path)
     info = gltf.asset.extras["level"]
     assert gltf.nodes[gltf.scenes[0].nodes[0]].extras["level"] == info == summary["level"]
