@@ -28,8 +28,9 @@ command -v godot3-server >/dev/null || missing_debs+=(godot3-server)
 if [ ${#missing_debs[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "scripts/test.sh: installing Debian packages for the client tests: ${missing_debs[*]}" >&2
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing_debs[@]}" >/dev/null
+        # A failed install is reported, not fatal: the client tests then say what is missing (and fail under CI).
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+              "${missing_debs[@]}" >/dev/null; } || echo "scripts/test.sh: apt-get could not install them" >&2
     else
         echo "scripts/test.sh: missing ${missing_debs[*]}; install them (apt-get install ${missing_debs[*]})" \
              "or the client tests skip (and fail under CI)" >&2
