@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,10 @@ from pathlib import Path
 from ..errors import LyraAssetsError
 
 NAME_BYTES = 240  # under the usual 255-byte limit on a file name
-
+# An output name (out/<name>/) in UTF-8 bytes: the pipeline writes <name>_LOD0.glb and similar inside it, and
+# hidden temporaries (.<name>....partial) beside it, all of which must stay under the 255-byte limit.
+OUTPUT_NAME_BYTES = 100
+MIN_FREE_BYTES = 256 * 2**20  # below this the daemon stops taking work: a full disk fails every job
 
 @dataclass(frozen=True)
 class DropRoot:
@@ -67,6 +71,28 @@ class DropRoot:
     def job_dir(self, job_id: str) -> Path:
         return self.work / job_id
 
+    def fault(self) -> str | None:
+        """What keeps the daemon from working in its own folders (not writable, gone, the disk full), or None.
+        Each folder gets a small file written, synced and removed: the only test that also catches a
+        read-only mount, a full quota and lost permissions."""
+        for folder in (self.inbox, self.work, self.out, self.done, self.failed):
+            probe = folder / f".probe-{os.getpid()}-{secrets.token_hex(3)}"
+            try:
+                with open(probe, "wb") as f:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.unlink(probe)
+            except OSError as exc:
+                return f"{folder}: {exc.strerror or exc}"
+        try:
+            free = shutil.disk_usage(self.path).free
+        except OSError as exc:
+            return f"{self.path}: {exc.strerror or exc}"
+        if free < MIN_FREE_BYTES:
+            return f"{self.path}: the disk is full ({free // 2**20} MiB free)"
+        return None
+
 
 def new_job_id() -> str:
     """Sortable by claim time, unique across daemons."""
@@ -100,6 +126,11 @@ def file_group(files: list[tuple[Path, str]], folder: Path, stem: str) -> list[P
 
 def _fit(stem: str, longest_rest: str) -> str:
     """Shorten the stem so the longest name of the group stays under the file-name limit."""
-    while stem and len((stem + longest_rest).encode("utf-8", "surrogateescape")) > NAME_BYTES:
-        stem = stem[:-1]
-    return stem
+    return fit_bytes(stem, NAME_BYTES - len(longest_rest.encode("utf-8", "surrogateescape")))
+
+
+def fit_bytes(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes (as the file system counts them), on a character boundary."""
+    while text and len(text.encode("utf-8", "surrogateescape")) > limit:
+        text = text[:-1]
+    return text
