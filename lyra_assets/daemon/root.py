@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,16 +74,14 @@ class DropRoot:
 
     def fault(self) -> str | None:
         """What keeps the daemon from working in its own folders (not writable, gone, the disk full), or None.
-        Each folder gets a small file written, synced and removed: the only test that also catches a
-        read-only mount, a full quota and lost permissions."""
+        Each folder gets a small nameless temporary file written (O_TMPFILE where there is one): the only test
+        that also catches a read-only mount, a full quota and lost permissions, and one that leaves nothing
+        behind when the daemon is killed in the middle of it."""
         for folder in (self.inbox, self.work, self.out, self.done, self.failed):
-            probe = folder / f".probe-{os.getpid()}-{secrets.token_hex(3)}"
             try:
-                with open(probe, "wb") as f:
+                with tempfile.TemporaryFile(dir=folder, prefix=".probe-") as f:
                     f.write(b"\0" * 4096)
                     f.flush()
-                    os.fsync(f.fileno())
-                os.unlink(probe)
             except OSError as exc:
                 return f"{folder}: {exc.strerror or exc}"
         try:

@@ -58,6 +58,7 @@ from .status import write_status
 HEARTBEAT_EVERY_S = 2.0
 RECOVER_EVERY_S = 5.0
 CHECK_TIMEOUT_S = 300.0  # a check (reading one image) that takes longer is stuck: a hung network share
+TRUNCATED_WAIT_S = 5.0  # a file that reads as truncated is checked once more after this, if it did not change
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class Service:
         self.stalled: set[str] = set()  # running jobs already being stopped as stuck
         self.waiting: dict[str, tuple[Signature | None, float]] = {}  # claimed jobs to check once settled
         self.checking: dict[str, tuple[Future, float, Signature]] = {}  # job -> (check, started, signature)
+        self.truncated: set[str] = set()  # claimed jobs that read as truncated once, waiting for a second look
         self.paused: str | None = None  # why the daemon's own folders cannot be used now
         self.unclaimable: dict[str, Signature] = {}  # inbox files that could not be moved, as they were then
         self._beat_stop = threading.Event()
@@ -320,19 +322,29 @@ class Service:
                 continue
             del self.checking[job_id]
             row = self.journal.get(job_id)
-            self._isolated(row, "check", lambda row=row, future=future: self._checked(row, future.exception(),
-                                                                                   future),
-                           postpone=lambda row=row, claimed=claimed: self.waiting.update({row.id: (claimed, 0.0)}))
+            self._isolated(row, "check", lambda row=row, future=future, claimed=claimed: self._checked(
+                row, future, claimed), postpone=lambda row=row, claimed=claimed: self.waiting.update(
+                {row.id: (claimed, 0.0)}))
 
-    def _checked(self, row: JobRow, error: BaseException | None, future: Future) -> None:
+    def _checked(self, row: JobRow, future: Future, claimed: Signature) -> None:
+        error = future.exception()
         if isinstance(error, Interrupted):
             return  # shutdown: it stays claimed, and the next daemon checks it
+        if isinstance(error, BadInput) and "truncated" in str(error) and row.id not in self.truncated:
+            # A copy that paused longer than the settle window looks truncated: give it time to go on.
+            self.truncated.add(row.id)
+            self.waiting[row.id] = (claimed, time.time() + max(TRUNCATED_WAIT_S, 2 * self.options.settle_s))
+            log("looks_truncated", job=row.id, file=row.source,
+                note="checked again in a while, in case it is still being copied")
+            return
         if isinstance(error, BadInput):
+            self.truncated.discard(row.id)
             self._finish(row, "failed", error=self._for_artist(row, _asks_if_still_copying(str(error))))
             return
         if error is not None:
             self._charge(row, f"the check failed: {_last_line(error)}")
             return
+        self.truncated.discard(row.id)
         result = future.result()
         if "changed" in result:
             self.waiting[row.id] = (None if result["changed"] is None else tuple(result["changed"]), time.time())
@@ -459,6 +471,7 @@ class Service:
                 continue
             taken += 1
             if drop.problem:
+                self.waiting.pop(job_id, None)
                 row = self.journal.get(job_id)
                 self._isolated(row, "file", lambda row=row: self._finish(row, "failed", error=drop.problem))
         return taken >= self.options.claim_batch
@@ -560,11 +573,17 @@ class Service:
             if len(self.checking) >= self.checker.capacity or self.stopping.is_set():
                 return
             row = self.journal.get(job_id)
+            if row is None or row.state != "claimed" or row.owner != self.id:
+                del self.waiting[job_id]  # finished meanwhile (filed as a problem drop)
+                continue
             try:
                 current = signature(os.lstat(self._work_file(row)))
             except FileNotFoundError:
                 current = None  # removed from work/: the check says so
             if current != claimed:
+                if claimed is not None:
+                    log("changed", job=job_id, file=row.source,
+                        note="it changed after it was claimed (still being copied?); checked once it stops changing")
                 self.waiting[job_id] = (current, now)  # still changing (or seen for the first time)
                 continue
             if now - since < self.options.settle_s:
