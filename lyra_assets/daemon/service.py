@@ -255,7 +255,7 @@ class Service:
             self._finish(self.journal.get(row.id), "failed", error=self._for_artist(row, error))
         except Exception as exc:
             log_exception("stuck", exc, job=row.id, file=row.source, folder=str(self.root.job_dir(row.id)),
-                          note="left in the daemon's work/ folder; a restarted daemon tries to file it again")
+                          note="left in the daemon's work/ folder; restart the daemon to try again")
 
     # -- 1. recover ------------------------------------------------------------------------------------
 
@@ -449,10 +449,12 @@ class Service:
     # -- 4. take ---------------------------------------------------------------------------------------
 
     def take(self, now: float) -> bool:
-        """Claim up to claim_batch settled drops. True if more are waiting."""
+        """Claim up to claim_batch settled drops, while fewer than that wait for their check (the rest stay in
+        the inbox, free for another daemon). True if more are waiting."""
         taken = 0
         for drop in self.inbox.scan(now):
-            if self.stopping.is_set() or self.paused is not None or taken >= self.options.claim_batch:
+            if (self.stopping.is_set() or self.paused is not None or taken >= self.options.claim_batch
+                    or len(self.waiting) >= self.options.claim_batch):
                 break
             first = drop.image or drop.sidecars[0]
             if self.unclaimable.get(first.name) == first.signature:
@@ -597,7 +599,10 @@ class Service:
             self.checking[job_id] = (future, time.monotonic(), current)
 
     def _settle_hint(self, now: float) -> float | None:
-        """Seconds until a claimed job waiting to settle could be checked."""
+        """Seconds until a claimed job waiting to settle could be checked (none while nothing could start one:
+        a finished check wakes the loop)."""
+        if self.paused is not None or len(self.checking) >= self.checker.capacity:
+            return None
         pending = [since + self.options.settle_s - now for _, since in self.waiting.values()]
         return max(0.0, min(pending)) if pending else None
 
