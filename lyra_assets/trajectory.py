@@ -114,6 +114,12 @@ class CameraPath:
         K = self.K[i0] * (1 - t)[:, None, None] + self.K[i0 + 1] * t[:, None, None]
         return CameraPath(c2w, K, self.width, self.height, self.fps)
 
+    def resized(self, width: int, height: int) -> "CameraPath":
+        """The same cameras for frames of another size: the intrinsics scaled with it (pixels are square only
+        if the aspect ratio is kept)."""
+        scale = np.diag([width / self.width, height / self.height, 1.0])
+        return CameraPath(self.c2w, scale @ self.K, width, height, self.fps)
+
     def with_lyra_frame_count(self) -> "CameraPath":
         """Resampled to the nearest frame count Lyra 2.0 accepts (1 + 80k)."""
         return self.resampled(lyra_frame_count(len(self)))

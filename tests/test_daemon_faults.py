@@ -24,8 +24,7 @@ from lyra_assets.daemon import checks
 from lyra_assets.daemon.checks import CheckTask, check
 from lyra_assets.daemon.inbox import Inbox, is_temporary, signature
 from lyra_assets.daemon.journal import Journal
-from lyra_assets.daemon.root import OUTPUT_NAME_BYTES, DropRoot, fit_bytes
-from lyra_assets.daemon.settings import Defaults
+from lyra_assets.daemon.root import DropRoot, fit_bytes
 from lyra_assets.errors import LyraAssetsError
 
 # -- the parts, directly -------------------------------------------------------------------------------------
@@ -39,18 +38,27 @@ def _task(tmp_path: Path, sidecar: str | None = None, name: str = "a.png", data:
     if sidecar is not None:
         (tmp_path / "a.toml").write_text(sidecar)
         sidecars = ((str(tmp_path / "a.toml"), "a.toml"),)
-    return CheckTask("job", str(image), name, sidecars, signature(os.lstat(image)), str(tmp_path), Defaults())
+    return CheckTask("job", str(image), name, sidecars, signature(os.lstat(image)), str(tmp_path), None)
 
 
 @pytest.mark.parametrize("sidecar", ['preset = ["orbit"]\n', 'generator = ["layout"]\n', "[preset]\nname = 1\n"])
 def test_a_sidecar_value_of_the_wrong_kind_is_a_report_not_a_crash(tmp_path, sidecar):
-    with pytest.raises(LyraAssetsError, match=r"a.png: the settings in a.toml could not be used \(.*preset = "):
+    with pytest.raises(LyraAssetsError, match=r"a.toml: (preset|generator) must be a name in quotes"):
         check(_task(tmp_path, sidecar))
+
+
+def test_any_error_of_the_settings_code_becomes_a_report_that_names_the_sidecar(tmp_path, monkeypatch):
+    def broken(image, defaults):
+        raise TypeError("unhashable type: 'list'")
+    monkeypatch.setattr(checks, "plan_job", broken)
+    with pytest.raises(LyraAssetsError, match=r"a.png: the settings in a.toml could not be used \(TypeError: "
+                                              r"unhashable type: 'list'\); check that each value"):
+        check(_task(tmp_path, "[path]\nframes = 5\n"))
 
 
 def test_a_check_names_pipes_unreadable_files_and_files_that_changed(tmp_path, monkeypatch):
     os.mkfifo(tmp_path / "pipe.png")  # opening it would block for ever: only lstat looks at it
-    task = CheckTask("job", str(tmp_path / "pipe.png"), "pipe.png", (), (0, 0, 0), str(tmp_path), Defaults())
+    task = CheckTask("job", str(tmp_path / "pipe.png"), "pipe.png", (), (0, 0, 0), str(tmp_path), None)
     with pytest.raises(LyraAssetsError, match=r"pipe.png: a named pipe \(FIFO\), not a file"):
         check(task)
     task = _task(tmp_path)
@@ -78,7 +86,7 @@ def test_a_daemon_on_this_host_is_dead_only_when_its_process_is(tmp_path):
 
 
 def test_names_fit_in_bytes_and_dotted_names_are_taken(tmp_path):
-    assert fit_bytes("部" * 80, OUTPUT_NAME_BYTES) == "部" * 33  # 99 bytes: whole characters only
+    assert fit_bytes("部" * 80, 100) == "部" * 33  # 99 bytes: whole characters only
     assert not is_temporary("..concept.png") and is_temporary(".concept.png") and is_temporary(".DS_Store")
     inbox = Inbox(tmp_path, settle_s=1.0)
     (tmp_path / "cafe\u0301.png").write_bytes(b"png")  # saved on macOS: NFD
@@ -155,9 +163,9 @@ def test_torture_mixed_drops_kills_a_frozen_daemon_and_a_broken_out_folder(tmp_p
         drop("early.png", concept_image(813))
         drop("hall.png", concept_image(814))
         for name, text, says in [
-                ("list preset", 'preset = ["orbit"]\n', "the settings in list preset.toml could not be used"),
-                ("list generator", 'generator = ["layout"]\n', "list generator.toml could not be used"),
-                ("preset table", "[preset]\nname = 'orbit'\n", "preset table.toml could not be used"),
+                ("list preset", 'preset = ["orbit"]\n', "list preset.toml"),
+                ("list generator", 'generator = ["layout"]\n', "list generator.toml"),
+                ("preset table", "[preset]\nname = 'orbit'\n", "preset table.toml"),
                 ("nan", "[scene]\neye_height_m = nan\n", "eye_height_m"),
                 ("number preset", "preset = 5\n", "number preset.toml")]:
             drop(f"{name}.png", concept_image(820 + len(failed)), "failed", says)

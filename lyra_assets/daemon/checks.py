@@ -20,7 +20,8 @@ from typing import Any
 
 from ..errors import LyraAssetsError
 from .inbox import Signature, signature
-from .settings import Defaults, plan_job
+from ..job import Layer
+from .settings import plan_job, plan_record
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device",
@@ -35,7 +36,7 @@ class CheckTask:
     sidecars: tuple[tuple[str, str], ...]  # (path in work/, name as dropped)
     signature: Signature  # the image's, when it was claimed
     inbox: str
-    defaults: Defaults
+    defaults: Layer | None  # ROOT/defaults.toml
 
 
 def check(task: CheckTask) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def check(task: CheckTask) -> dict[str, Any]:
     if _now(image) != task.signature:
         return {"changed": _now(image)}
     try:
-        plan, key = plan_job(image, task.defaults)
+        spec = plan_job(image, task.defaults)
     except Exception as exc:
         if _now(image) != task.signature:
             return {"changed": _now(image)}
@@ -55,7 +56,7 @@ def check(task: CheckTask) -> dict[str, Any]:
         raise LyraAssetsError(_unexpected(task, exc)) from exc
     if _now(image) != task.signature:
         return {"changed": _now(image)}
-    return {"plan": plan.to_json(), "key": key}
+    return {"plan": plan_record(spec), "key": spec.key}
 
 
 def _now(path: Path) -> Signature | None:

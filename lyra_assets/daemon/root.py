@@ -21,9 +21,6 @@ from pathlib import Path
 from ..errors import LyraAssetsError
 
 NAME_BYTES = 240  # under the usual 255-byte limit on a file name
-# An output name (out/<name>/) in UTF-8 bytes: the pipeline writes <name>_LOD0.glb and similar inside it, and
-# hidden temporaries (.<name>....partial) beside it, all of which must stay under the 255-byte limit.
-OUTPUT_NAME_BYTES = 100
 MIN_FREE_BYTES = 256 * 2**20  # below this the daemon stops taking work: a full disk fails every job
 
 @dataclass(frozen=True)

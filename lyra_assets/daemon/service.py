@@ -43,16 +43,15 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_json_atomically
-from ..job import SIDECAR_SUFFIXES, safe_name
+from ..job import NAME_BYTES, SIDECAR_SUFFIXES, Layer, safe_name
 from . import checks
 from .checks import CheckTask
 from .executors import BadInput, Executor, Interrupted, LocalExecutor
 from .inbox import Drop, Entry, Inbox, Signature, signature, watch
 from .journal import FINAL, STALE_AFTER_S, JobRow, Journal
 from .logs import log, log_exception, route_to_log
-from .root import OUTPUT_NAME_BYTES, DropRoot, file_group, fit_bytes, new_job_id, printable
+from .root import DropRoot, file_group, new_job_id, printable
 from .runner import Task
-from .settings import Defaults
 from .status import write_status
 
 HEARTBEAT_EVERY_S = 2.0
@@ -75,7 +74,7 @@ class Options:
 
 
 class Service:
-    def __init__(self, root: DropRoot, executor: Executor, defaults: Defaults, options: Options) -> None:
+    def __init__(self, root: DropRoot, executor: Executor, defaults: Layer | None, options: Options) -> None:
         self.root = root
         self.executor = executor
         self.defaults = defaults
@@ -558,12 +557,12 @@ class Service:
     def _add_job(self, source: str, sidecars: list[str], rerun_of: str | None = None) -> str:
         """Write the claim down with a free output name: out/<name>/ neither on disk nor held by a live job."""
         job_id = new_job_id()
-        base = safe_name(os.path.splitext(source)[0])
+        stem = os.path.splitext(source)[0]
         with self.journal.locked():
             in_use = self.journal.names_in_use()
             for n in range(1, 100_000):
                 suffix = "" if n == 1 else f"-{n}"
-                name = (fit_bytes(base, OUTPUT_NAME_BYTES - len(suffix)) or "asset") + suffix
+                name = safe_name(stem, NAME_BYTES - len(suffix)) + suffix
                 if name not in in_use and not os.path.lexists(self.root.out / name):
                     break
             self.journal.add_job(job_id, source, sidecars, name, self.id, rerun_of)
