@@ -329,7 +329,9 @@ class Service:
         error = future.exception()
         if isinstance(error, Interrupted):
             return  # shutdown: it stays claimed, and the next daemon checks it
-        if isinstance(error, BadInput) and "truncated" in str(error) and row.id not in self.truncated:
+        cut_short = error is None and not future.result().get("whole", True) or (
+            isinstance(error, BadInput) and "truncated" in str(error))
+        if cut_short and row.id not in self.truncated:
             # A copy that paused longer than the settle window looks truncated: give it time to go on.
             self.truncated.add(row.id)
             self.waiting[row.id] = (claimed, time.time() + max(TRUNCATED_WAIT_S, 2 * self.options.settle_s))
@@ -382,7 +384,7 @@ class Service:
         elif self._folders_at_fault():  # out/ not writable, the disk full: not the job's fault
             self._requeue_free(row, "the daemon's folders were at fault")
         elif isinstance(error, BadInput):
-            self._finish(row, "failed", error=self._for_artist(row, str(error)))
+            self._finish(row, "failed", error=self._for_artist(row, _asks_if_still_copying(str(error))))
         else:
             log("run_error", level="warning", job=row.id, file=row.source, error=str(error))
             self._charge(row, f"the run failed: {_last_line(error)}")
