@@ -66,8 +66,9 @@ def test_a_check_names_pipes_unreadable_files_and_files_that_changed(tmp_path, m
         f.write(b"more")
     assert check(task) == {"changed": signature(os.lstat(task.image))}
 
-    cut_short = _task(tmp_path, name="half.png", data=concept_image(3)[:-100])  # the header alone is fine
-    assert check(cut_short)["whole"] is False and check(_task(tmp_path, data=concept_image(4)))["whole"] is True
+    cut_short = _task(tmp_path, name="half.png", data=concept_image(3)[:-100])  # its header alone is fine
+    with pytest.raises(LyraAssetsError, match="half.png: the image is damaged or truncated"):
+        check(cut_short)
 
     def unreadable(image, defaults):
         raise PermissionError(13, "Permission denied", str(image))

@@ -9,8 +9,8 @@ dies is charged to that file as an attempt.
 The file must be the one that was claimed: its size, time and inode are compared with the claim's before
 and after reading it. A file that changed (a copy that paused longer than the settle window) is reported as
 `changed`, and waits to settle again instead of failing as truncated. The job is resolved from the image's
-header, so a file cut short would only fail in its run: a PNG or JPEG that does not end the way its format
-ends is reported as not `whole`, and the daemon gives it a while longer before it runs.
+header; the pixels are decoded here too (and thrown away), so that a damaged or cut-short image is reported
+now, without a run, and never in the daemon's own memory.
 """
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LyraAssetsError
+from ..images import load_concept_image
 from .inbox import Signature, signature
 from ..job import Layer
 from .settings import plan_job, plan_record
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
-ENDINGS = {".png": b"IEND\xaeB`\x82", ".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9"}  # IEND chunk; JPEG's EOI
 KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device",
          stat.S_IFBLK: "a device", stat.S_IFDIR: "a folder"}
 
@@ -43,7 +43,7 @@ class CheckTask:
 
 
 def check(task: CheckTask) -> dict[str, Any]:
-    """{"changed": signature} if the image changed since its claim, else {"plan": ..., "key": ..., "whole": ...}.
+    """{"changed": signature} if the image changed since its claim, else {"plan": ..., "key": ...}.
     Raises LyraAssetsError with what to do."""
     _check_files(task)
     image = Path(task.image)
@@ -51,6 +51,7 @@ def check(task: CheckTask) -> dict[str, Any]:
         return {"changed": _now(image)}
     try:
         spec = plan_job(image, task.defaults)
+        load_concept_image(image)
     except Exception as exc:
         if _now(image) != task.signature:
             return {"changed": _now(image)}
@@ -59,18 +60,7 @@ def check(task: CheckTask) -> dict[str, Any]:
         raise LyraAssetsError(_unexpected(task, exc)) from exc
     if _now(image) != task.signature:
         return {"changed": _now(image)}
-    return {"plan": plan_record(spec), "key": spec.key, "whole": _ends_whole(image, task.source)}
-
-
-def _ends_whole(image: Path, source: str) -> bool:
-    """Does the file end the way its format ends? (JPEG may carry a few bytes after its end marker, which
-    cannot occur inside the compressed data: look for it near the end.)"""
-    ending = ENDINGS.get(os.path.splitext(source)[1].lower())
-    if ending is None:
-        return True
-    with open(image, "rb") as f:
-        f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
-        return ending in f.read()
+    return {"plan": plan_record(spec), "key": spec.key}
 
 
 def _now(path: Path) -> Signature | None:

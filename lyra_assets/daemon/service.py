@@ -329,9 +329,7 @@ class Service:
         error = future.exception()
         if isinstance(error, Interrupted):
             return  # shutdown: it stays claimed, and the next daemon checks it
-        cut_short = error is None and not future.result().get("whole", True) or (
-            isinstance(error, BadInput) and "truncated" in str(error))
-        if cut_short and row.id not in self.truncated:
+        if isinstance(error, BadInput) and "truncated" in str(error) and row.id not in self.truncated:
             # A copy that paused longer than the settle window looks truncated: give it time to go on.
             self.truncated.add(row.id)
             self.waiting[row.id] = (claimed, time.time() + max(TRUNCATED_WAIT_S, 2 * self.options.settle_s))
