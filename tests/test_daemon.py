@@ -181,7 +181,7 @@ BAD_SIDECARS = {  # sidecar text -> what the error must say
     "[path]\nframes = -1\n": "path.frames",
     'preset = "nope"\n': "unknown preset 'nope'",
     'generator = "dreamer"\n': "unknown generator 'dreamer'",
-    'out_dir = "../../outside"\nname = "../../evil"\n': "unknown key 'out_dir'",  # nothing a sidecar says writes outside
+    'out_dir = "../../outside"\nname = "../../evil"\n': "unknown key 'out_dir'",  # writes nothing outside
     "[1, 2, 3]": "must be a table",
     '[lyra2]\nwork_dir = "../../outside"\npython = "/bin/sh"\n': "python, work_dir cannot be set from a drop folder",
 }

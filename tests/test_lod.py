@@ -18,7 +18,6 @@ from lyra_assets.assets.level import make_level_asset
 from lyra_assets.settings import AssetSettings
 from lyra_assets.assets.lod import compact, geometric_error, screen_coverages, simplify, surface_samples, welded
 from lyra_assets.assets.uv import _chart_ids, unwrap
-from lyra_assets.errors import LyraAssetsError
 
 SETTINGS = AssetSettings(lod0_triangles=6000, texture_size=512, padding=4, collider_triangles=300)
 

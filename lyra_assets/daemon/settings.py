@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..images import load_concept_image
 from ..job import JobSpec, Layer, check_settings, read_sidecar, resolve_job
 
 
@@ -30,7 +31,9 @@ def load_defaults(path: Path) -> Layer | None:
 def plan_job(image: Path, defaults: Layer | None) -> JobSpec:
     """Validate a claimed image and its sidecar (next to it, as the CLI finds it) under the folder's defaults.
     Raises LyraAssetsError with what to fix. The daemon named the claimed file after its output folder."""
-    return resolve_job(image, defaults=defaults, drop_folder=True, name=image.stem)
+    spec = resolve_job(image, defaults=defaults, drop_folder=True, name=image.stem)
+    load_concept_image(image)  # a damaged or truncated image is refused here, not by a worker
+    return spec
 
 
 def plan_record(spec: JobSpec) -> dict[str, Any]:

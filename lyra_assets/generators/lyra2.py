@@ -46,7 +46,8 @@ from ..images import ConceptImage
 from ..motions import FreeSpace
 from ..presets import Preset
 from ..progress import Progress
-from ..splats import Similarity, fit_cameras, observed_from_first_view, prune, read_lyra_cameras, read_ply, render_path
+from ..splats import Similarity, fit_cameras, observed_from_first_view, prune, read_ply, render_path
+from .lyra2_cameras import read_lyra_cameras
 from ..trajectory import LYRA_CHUNK, CameraPath, intrinsics_from_fov, lyra_frame_count, read_lyra_captions
 from ..walkthrough import Walkthrough
 
