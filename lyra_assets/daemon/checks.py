@@ -9,7 +9,7 @@ dies is charged to that file as an attempt.
 The file must be the one that was claimed: its size, time and inode are compared with the claim's before
 and after reading it. A file that changed (a copy that paused longer than the settle window) is reported as
 `changed`, and waits to settle again instead of failing as truncated. The job is resolved from the image's
-header; the pixels are decoded here too (and thrown away), so that a damaged or cut-short image is reported
+header, and its pixels are decoded once (and thrown away), so that a damaged or cut-short image is reported
 now, without a run, and never in the daemon's own memory.
 """
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LyraAssetsError
-from ..images import load_concept_image
 from .inbox import Signature, signature
 from ..job import Layer
 from .settings import plan_job, plan_record
@@ -50,8 +49,7 @@ def check(task: CheckTask) -> dict[str, Any]:
     if _now(image) != task.signature:
         return {"changed": _now(image)}
     try:
-        spec = plan_job(image, task.defaults)
-        load_concept_image(image)
+        spec = plan_job(image, task.defaults)  # decodes the pixels too: damage is found here, not in a run
     except Exception as exc:
         if _now(image) != task.signature:
             return {"changed": _now(image)}
