@@ -129,7 +129,7 @@ def test_the_rebuilt_glb_validates_and_covers_the_new_views(world):
     before, _ = view_scores(world["old_glb"], walk, new)
     print(f"look_around views, pixels frame 0 did not see: depth within 5 % on {covered:.3f} (the asset before "
           f"extending: {before:.3f}), PSNR of the GLB there {colour:.2f} dB")
-    assert covered > 0.8 and before < 0.1 and colour > 25
+    assert covered > 0.8 and covered - before > 0.5 and colour > 25
 
 
 def view_scores(glb: Path, walk: Walkthrough, frames) -> tuple[float, float]:
@@ -183,7 +183,7 @@ def test_a_failure_mid_way_changes_nothing(world, monkeypatch):
     def export_fails(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("lyra_assets.pipeline.write_glb", export_fails)
+    monkeypatch.setattr("lyra_assets.pipeline.write_profile", export_fails)
     with pytest.raises(OSError, match="disk full"):  # after the new walkthrough was written, before the swap
         extend(folder, "look_around", options={"path": {"frames": 3}})
     assert snapshot(folder) == before
