@@ -103,6 +103,8 @@ def job_options(command):
         click.option("--frames", type=int, help="Number of frames (overrides the preset)."),
         click.option("--lyra-frames", is_flag=True, help="Round the frame count to Lyra 2.0's 1 + 80k."),
         click.option("--fov", type=float, help="Horizontal field of view of the concept image, degrees."),
+        click.option("--depth-model", type=click.Path(path_type=Path),
+                     help="-g depth: the depth model, an .onnx file or a Marigold folder ([depth] model)."),
         preset_dir_option,
     ]
     for option in reversed(options):
@@ -145,13 +147,13 @@ def _asset_settings(lod0_triangles: int | None, texture_size: int | None, lods: 
 @click.pass_context
 def generate(ctx: click.Context, image: Path, preset: str | None, generator: str | None, sidecar: Path | None,
              trajectory: Path | None, frames: int | None, lyra_frames: bool, fov: float | None,
-             preset_dirs: tuple[Path, ...], out_dir: Path, force: bool) -> None:
+             depth_model: Path | None, preset_dirs: tuple[Path, ...], out_dir: Path, force: bool) -> None:
     """Walk a camera through IMAGE: writes OUT/<name>/walkthrough/."""
     from .pipeline import generate as run_generate
 
     with reporting(ctx) as progress:
         result = run_generate(image, preset, out_dir, generator, sidecar, trajectory, list(preset_dirs),
-                              _overrides(frames, lyra_frames, fov), force, progress)
+                              _overrides(frames, lyra_frames, fov, depth_model), force, progress)
         finish(ctx, f"walkthrough: {result.walkthrough_dir}", {"walkthrough": str(result.walkthrough_dir)})
 
 
@@ -162,14 +164,15 @@ def generate(ctx: click.Context, image: Path, preset: str | None, generator: str
 @click.pass_context
 def build(ctx: click.Context, image: Path, preset: str | None, generator: str | None, sidecar: Path | None,
           trajectory: Path | None, frames: int | None, lyra_frames: bool, fov: float | None,
-          preset_dirs: tuple[Path, ...], out_dir: Path, force: bool, voxel_size: float | None,
+          depth_model: Path | None, preset_dirs: tuple[Path, ...], out_dir: Path, force: bool,
+          voxel_size: float | None,
           lod0_triangles: int | None, texture_size: int | None, lods: int | None) -> None:
     """IMAGE to a game-ready glTF: writes OUT/<name>/<name>.glb, manifest.json, preview.png, walkthrough/."""
     from .pipeline import build as run_build
 
     with reporting(ctx) as progress:
         result = run_build(image, preset, out_dir, generator, sidecar, trajectory, list(preset_dirs),
-                           _overrides(frames, lyra_frames, fov), _asset_settings(lod0_triangles, texture_size, lods),
+                           _overrides(frames, lyra_frames, fov, depth_model), _asset_settings(lod0_triangles, texture_size, lods),
                            voxel_size, force, progress)
         finish(ctx, f"asset: {result.glb}", result.outputs)
 
@@ -191,7 +194,8 @@ def mesh(ctx: click.Context, walkthrough: Path, out_dir: Path, force: bool, voxe
         finish(ctx, f"asset: {result.glb}", result.outputs)
 
 
-def _overrides(frames: int | None, lyra_frames: bool, fov: float | None) -> dict[str, Any]:
+def _overrides(frames: int | None, lyra_frames: bool, fov: float | None,
+               depth_model: Path | None = None) -> dict[str, Any]:
     path: dict[str, Any] = {}
     if frames is not None:
         path["frames"] = frames
@@ -200,6 +204,8 @@ def _overrides(frames: int | None, lyra_frames: bool, fov: float | None) -> dict
     overrides: dict[str, Any] = {"path": path} if path else {}
     if fov is not None:
         overrides["camera"] = {"hfov_deg": fov}
+    if depth_model is not None:
+        overrides["depth"] = {"model": str(depth_model)}
     return overrides
 
 

@@ -76,7 +76,10 @@ def load_job(image_path: str | Path, preset: str | None = None, generator: str |
     preset_name = preset or side.pop("preset", None) or DEFAULT_PRESET
     side.pop("preset", None)
     prompt = side.pop("prompt", None)
-    generator_settings = side.pop(generator, {})
+    overrides = dict(overrides or {})  # the command line's generator tables (e.g. --depth-model) win too
+    generator_settings = deep_merge(side.pop(generator, {}), overrides.pop(generator, {}))
+    for name in set(overrides) & set(GENERATORS):
+        overrides.pop(name)
     preset_overrides = {k: side.pop(k) for k in PRESET_SECTIONS if k in side}
     for name in set(side) & set(GENERATORS):  # another backend's table: harmless, kept out of the job key
         side.pop(name)

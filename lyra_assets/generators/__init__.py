@@ -20,6 +20,7 @@ from ..walkthrough import Walkthrough
 REGISTRY = {
     "layout": "lyra_assets.generators.layout:LayoutGenerator",
     "lyra2": "lyra_assets.generators.lyra2:Lyra2Generator",
+    "depth": "lyra_assets.generators.depth:DepthGenerator",
 }
 DEFAULT = "layout"
 
