@@ -22,7 +22,7 @@ from lyra_assets.errors import LyraAssetsError
 from lyra_assets.generators.depth import DepthGenerator, fit_affine
 from lyra_assets.generators.depth_models import RelativeDepth
 from lyra_assets.images import ConceptImage
-from lyra_assets.motions import camera_path
+from lyra_assets.motions import FreeSpace, camera_path
 from lyra_assets.presets import load_preset
 from lyra_assets.progress import silent
 from lyra_assets.trajectory import CameraPath, intrinsics_from_fov, pixel_rays
@@ -262,3 +262,82 @@ def test_memory_continues_an_existing_walkthrough():
     for i in range(len(path)):
         assert psnr(again.frames[len(path) - 1 - i], walk.frames[i]) >= 45.0
     assert again.info["generator"]["depth"]["generated_mean"] == 0.0
+
+
+# -- diffusers: tiny random pipelines saved to a folder, loaded as a user's folder is -----------------------
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory) -> dict[str, Path]:
+    """A tiny random MarigoldDepthPipeline and StableDiffusionInpaintPipeline (two-block VAE and UNet,
+    one-layer CLIP text encoder with a three-word vocabulary), saved with save_pretrained."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    import torch
+    from diffusers import (AutoencoderKL, DDIMScheduler, MarigoldDepthPipeline, StableDiffusionInpaintPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    root = tmp_path_factory.mktemp("pipelines")
+    (root / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2}))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=77)
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=3, hidden_size=16, intermediate_size=32,
+                                                num_attention_heads=2, num_hidden_layers=1, projection_dim=16))
+
+    def unet(in_channels: int) -> UNet2DConditionModel:
+        return UNet2DConditionModel(sample_size=8, in_channels=in_channels, out_channels=4, layers_per_block=1,
+                                    block_out_channels=(8, 16), norm_num_groups=8, cross_attention_dim=16,
+                                    attention_head_dim=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+
+    def vae() -> AutoencoderKL:
+        return AutoencoderKL(block_out_channels=(8, 8), norm_num_groups=8, latent_channels=4,
+                             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+
+    MarigoldDepthPipeline(unet=unet(8), vae=vae(), scheduler=DDIMScheduler(), text_encoder=text_encoder,
+                          tokenizer=tokenizer, prediction_type="depth", scale_invariant=True, shift_invariant=True,
+                          default_denoising_steps=1, default_processing_resolution=32
+                          ).save_pretrained(root / "marigold")
+    StableDiffusionInpaintPipeline(vae=vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet(9),
+                                   scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False).save_pretrained(root / "inpaint")
+    return {"marigold": root / "marigold", "inpaint": root / "inpaint"}
+
+
+def test_marigold_folder_and_inpainting_folder_run_a_walk(pipelines, tmp_path):
+    """The tiny Marigold gives random depth, so the metric scale comes from two known depths; the tiny
+    inpainting pipeline fills the holes. What is checked: the real loaders, shapes, determinism, and that
+    the fill changes holes only."""
+    settings = {"model": str(pipelines["marigold"]), "inpaint": str(pipelines["inpaint"]), "device": "cpu",
+                "steps": 1, "inpaint_steps": 2, "known_depth": [[48, 60, 2.0], [48, 40, 6.0]]}
+    generator = DepthGenerator(tiny_preset("strafe", 2), settings, "test", prompt="a")
+    rgb = np.asarray(Image.open(concept(tmp_path)))
+    first = generator.model(rgb, np.eye(3), np.eye(4))
+    assert first.kind == "depth" and first.values.shape == (H, W) and np.isfinite(first.values).all()
+    np.testing.assert_array_equal(generator.model(rgb, np.eye(3), np.eye(4)).values, first.values)
+    holes = np.zeros((H, W), bool)
+    holes[10:30, 20:50] = True
+    filled = generator.fill(rgb, holes, "a")
+    assert (filled[~holes] == rgb[~holes]).all() and (filled[holes] != rgb[holes]).any()
+    image = ConceptImage(rgb, "hall", "2" * 64)
+    generator.survey(image)
+    # Random depth puts surfaces anywhere, so the free-space check would (rightly) refuse to walk: no check.
+    path, _ = camera_path(generator.preset, FreeSpace(depth=8.0, centre=np.zeros(3), clearance=None))
+    walk = generator.generate(image, path, silent)
+    info = walk.info["generator"]["depth"]
+    assert "MarigoldDepthPipeline" in info["model"] and "StableDiffusionInpaintPipeline" in info["fill"]
+    assert info["metric_fit"]["method"].startswith("known depth") and len(walk) == 2
+
+
+def test_diffusers_folder_of_the_wrong_pipeline_type(pipelines, tmp_path):
+    _refused(tmp_path, ["--depth-model", str(pipelines["inpaint"])],
+             ["StableDiffusionInpaintPipeline", "not a MarigoldDepthPipeline"])
+    model = floor_onnx(tmp_path / "m.onnx")
+    image = concept(tmp_path, "other")
+    image.with_suffix(".toml").write_text(f'[depth]\ninpaint = "{pipelines["marigold"]}"\n')
+    run = CliRunner().invoke(main, ["build", str(image), "-g", "depth", "--depth-model", str(model),
+                                    "-o", str(tmp_path / "out2")])
+    assert run.exit_code == 2 and "MarigoldDepthPipeline folder, not an inpainting pipeline" in run.output
+    assert not (tmp_path / "out2").exists()

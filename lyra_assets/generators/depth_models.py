@@ -146,6 +146,24 @@ def torch_device(device: str) -> str:
     return "cuda" if device in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
 
 
+def load_pipeline(cls, folder: Path, device: str):
+    """A diffusers pipeline from a local folder only (never the Hub), half precision on a GPU, quietly."""
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()  # our own progress bar reports the frames
+    transformers_logging.disable_progress_bar()
+    try:
+        half = {"torch_dtype": torch.float16} if device == "cuda" else {}
+        pipe = cls.from_pretrained(str(folder), local_files_only=True, **half)
+    except (OSError, ValueError) as exc:
+        raise LyraAssetsError(f"{folder}: diffusers cannot load this folder ({exc})") from exc
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 class MarigoldDepth:
     """diffusers' MarigoldDepthPipeline from a local folder: affine-invariant depth in [0, 1]."""
 
@@ -153,14 +171,10 @@ class MarigoldDepth:
         found = pipeline_class(folder)
         if found != MARIGOLD:
             raise LyraAssetsError(f"depth model {folder}: a {found} folder, not a {MARIGOLD}; {DOWNLOAD_HELP}")
-        import torch
         from diffusers import MarigoldDepthPipeline
 
         self.device = torch_device(device)
-        dtype = torch.float16 if self.device == "cuda" else torch.float32
-        self.pipe = MarigoldDepthPipeline.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
-        self.pipe.to(self.device)
-        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe = load_pipeline(MarigoldDepthPipeline, folder, self.device)
         self.steps = steps
         self.kind: Kind = "depth"
         self.description = f"diffusers {MARIGOLD} {folder.name} ({self.device}, {steps} steps)"

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from ..errors import LyraAssetsError
-from .depth_models import pipeline_class, torch_device
+from .depth_models import load_pipeline, pipeline_class, torch_device
 
 INPAINT_RADIUS = 5  # pixels of known neighbourhood Telea's method looks at
 INPAINT_PIPELINES = ("StableDiffusionInpaintPipeline", "StableDiffusionXLInpaintPipeline", "FluxFillPipeline")
@@ -46,14 +46,10 @@ class DiffusersInpaint:
         if found not in INPAINT_PIPELINES:
             raise LyraAssetsError(f"[depth] inpaint {folder}: a {found} folder, not an inpainting pipeline "
                                   f"({', '.join(INPAINT_PIPELINES)})")
-        import torch
         from diffusers import AutoPipelineForInpainting
 
         self.device = torch_device(device)
-        dtype = torch.float16 if self.device == "cuda" else torch.float32
-        self.pipe = AutoPipelineForInpainting.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
-        self.pipe.to(self.device)
-        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe = load_pipeline(AutoPipelineForInpainting, folder, self.device)
         self.steps, self.seed = steps, seed
         self.description = f"diffusers {found} {folder.name} ({self.device}, {steps} steps)"
 
