@@ -27,7 +27,7 @@ DEFAULTS_KEYS = ("preset", "generator", *PRESET_SECTIONS, "assets", "voxel_size_
 # where it writes). A drop folder is open to everyone who can drop a file, so these come from whoever runs
 # the daemon (the environment, e.g. LYRA2_*), never from a dropped sidecar: dropping a file must not make
 # the farm run a program or write outside out/.
-OPERATOR_ONLY = {"lyra2": ("root", "checkpoints", "python", "work_dir")}
+OPERATOR_ONLY = {"lyra2": ("root", "checkpoints", "python", "work_dir"), "depth": ("model", "inpaint")}
 
 
 @dataclass(frozen=True)
