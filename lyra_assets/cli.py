@@ -152,7 +152,7 @@ def generate(ctx: click.Context, image: Path, preset: str | None, generator: str
     from .pipeline import generate as run_generate
 
     with reporting(ctx) as progress:
-        result = run_generate(image, preset, out_dir, generator, sidecar, trajectory, list(preset_dirs),
+        result = run_generate(image, preset, out_dir, _generator(generator, depth_model), sidecar, trajectory, list(preset_dirs),
                               _overrides(frames, lyra_frames, fov, depth_model), force, progress)
         finish(ctx, f"walkthrough: {result.walkthrough_dir}", {"walkthrough": str(result.walkthrough_dir)})
 
@@ -171,7 +171,7 @@ def build(ctx: click.Context, image: Path, preset: str | None, generator: str | 
     from .pipeline import build as run_build
 
     with reporting(ctx) as progress:
-        result = run_build(image, preset, out_dir, generator, sidecar, trajectory, list(preset_dirs),
+        result = run_build(image, preset, out_dir, _generator(generator, depth_model), sidecar, trajectory, list(preset_dirs),
                            _overrides(frames, lyra_frames, fov, depth_model), _asset_settings(lod0_triangles, texture_size, lods),
                            voxel_size, force, progress)
         finish(ctx, f"asset: {result.glb}", result.outputs)
@@ -192,6 +192,15 @@ def mesh(ctx: click.Context, walkthrough: Path, out_dir: Path, force: bool, voxe
         result = run_mesh(walkthrough, out_dir, name, _asset_settings(lod0_triangles, texture_size, lods), voxel_size,
                           force, progress)
         finish(ctx, f"asset: {result.glb}", result.outputs)
+
+
+def _generator(generator: str | None, depth_model: Path | None) -> str | None:
+    """--depth-model means -g depth; with another generator it would be silently unused, so it is an error."""
+    if depth_model is None:
+        return generator
+    if generator not in (None, "depth"):
+        raise LyraAssetsError(f"--depth-model is for -g depth, not -g {generator}")
+    return "depth"
 
 
 def _overrides(frames: int | None, lyra_frames: bool, fov: float | None,

@@ -93,7 +93,7 @@ def test_bad_inputs_exit_2_with_a_message(tmp_path, small_sidecar):
     cases = [
         (["generate", tmp_path / "bad.png"], "not an image"),
         (["generate", small_sidecar, "--preset", "nope"], "unknown preset 'nope'; known presets:"),
-        (["generate", small_sidecar, "--generator", "magic"], "unknown generator 'magic'; available: layout"),
+        (["generate", small_sidecar, "--generator", "magic"], "unknown generator 'magic'; available: depth, layout"),
         (["presets", "show", "nope"], "unknown preset"),
         (["build", small_sidecar, "--voxel-size", "-1"], "not in the range x>0"),
         (["build", small_sidecar, "--texture-size", "100"], "texture_size must be a power of two"),

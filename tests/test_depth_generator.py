@@ -136,10 +136,13 @@ def test_cli_builds_a_valid_glb_from_a_sidecar_onnx(tmp_path):
 
 
 def test_depth_model_option_and_no_prompt_needed(tmp_path):
-    """--depth-model puts the model into the [depth] settings; the walkthrough alone is written."""
+    """--depth-model puts the model into the [depth] settings and means -g depth; the walkthrough alone is
+    written."""
     model = floor_onnx(tmp_path / "m.onnx")
     image = concept(tmp_path)
-    run = CliRunner().invoke(main, ["generate", str(image), "-g", "depth", "--depth-model", str(model),
+    run = CliRunner().invoke(main, ["generate", str(image), "-g", "layout", "--depth-model", str(model)])
+    assert run.exit_code == 2 and "--depth-model is for -g depth" in run.output
+    run = CliRunner().invoke(main, ["generate", str(image), "--depth-model", str(model),
                                     "--frames", "3", "-o", str(tmp_path / "out")])
     assert run.exit_code == 0, run.output
     assert (tmp_path / "out" / "hall" / "walkthrough" / "manifest.json").is_file()

@@ -281,6 +281,10 @@ def fit_affine(model: np.ndarray, target: np.ndarray, iterations: int = 256,
     m, t = m[ok], t[ok]
     if len(m) < 2:
         return None
+    if np.ptp(m) <= 1e-6 * np.abs(m).max():  # one value (a wall seen square on): the scale alone, no shift
+        a = float(np.median(t / m)) if (m > 0).all() else 0.0
+        fraction = float((np.abs(a * m - t) < FIT_TOLERANCE * t).mean())
+        return (a, 0.0, fraction) if a > 0 and fraction >= 0.2 else None
     rng = np.random.default_rng(seed)
     sample = rng.choice(len(m), min(len(m), 4000), replace=False)  # scoring subset: enough for a consensus
     i, j = rng.integers(0, len(m), (2, iterations))

@@ -1,8 +1,10 @@
 """Filling the holes of a frame: what the camera sees that the memory does not hold.
 
-Classical by default (OpenCV's Telea inpainting: CPU, no weights), or a diffusers inpainting pipeline from a
-local folder (Stable Diffusion 2 inpainting, SDXL inpainting, FLUX Fill) with the job's prompt. Either way
-only the holes change: every remembered pixel is kept exactly.
+Classical by default (CPU, no weights): the remembered texture mirrored into the hole, as the layout
+generator extends its walls, so floors and walls continue with their own pattern; OpenCV's Telea
+inpainting smooths cracks a few pixels wide, where a mirror would show. Or a diffusers inpainting pipeline
+from a local folder (Stable Diffusion 2 inpainting, SDXL inpainting, FLUX Fill) with the job's prompt.
+Either way only the holes change: every remembered pixel is kept exactly.
 """
 from __future__ import annotations
 
@@ -11,11 +13,14 @@ from typing import Protocol
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from ..errors import LyraAssetsError
 from .depth_models import load_pipeline, pipeline_class, torch_device
+from .layout import mirror_fill
 
 INPAINT_RADIUS = 5  # pixels of known neighbourhood Telea's method looks at
+CRACK_PX = 2  # hole pixels at most this far from a remembered one are smoothed (Telea), the rest mirrored
 INPAINT_PIPELINES = ("StableDiffusionInpaintPipeline", "StableDiffusionXLInpaintPipeline", "FluxFillPipeline")
 
 
@@ -26,12 +31,15 @@ class Fill(Protocol):
 
 
 class ClassicalFill:
-    description = "classical: OpenCV Telea inpainting"
+    description = "classical: mirror extension, Telea inpainting for cracks"
 
     def __call__(self, rgb: np.ndarray, holes: np.ndarray, prompt: str | None) -> np.ndarray:
-        if holes.all():  # nothing to grow from (the memory holds nothing in view): mid grey
-            return np.full_like(rgb, 128)
-        return cv2.inpaint(rgb, holes.astype(np.uint8), INPAINT_RADIUS, cv2.INPAINT_TELEA)
+        mirrored = mirror_fill(rgb, ~holes)  # mid grey when the memory holds nothing in view
+        if holes.all():
+            return mirrored
+        smooth = cv2.inpaint(rgb, holes.astype(np.uint8), INPAINT_RADIUS, cv2.INPAINT_TELEA)
+        crack = ndimage.distance_transform_edt(holes) <= CRACK_PX
+        return np.where(crack[..., None], smooth, mirrored)
 
 
 class DiffusersInpaint:
