@@ -135,7 +135,7 @@ def test_cli_builds_a_valid_glb_from_a_sidecar_onnx(tmp_path):
     assert all(abs(f["generated"] + f["remembered"] - 1) < 1e-4 for f in frames)
 
 
-def test_depth_model_option_and_no_prompt_needed(tmp_path):
+def test_depth_model_option(tmp_path):
     """--depth-model puts the model into the [depth] settings and means -g depth; the walkthrough alone is
     written."""
     model = floor_onnx(tmp_path / "m.onnx")

@@ -73,7 +73,6 @@ class Lifted:
     depth: np.ndarray
     K: np.ndarray
     scale_shift: tuple[float, float]
-    kind: str
     fit: dict[str, Any]
 
 
@@ -196,7 +195,7 @@ class DepthGenerator:
             fit = {"method": "ground plane", "eye_height_m": self.preset.scene.eye_height_m,
                    "ground_rows": s.ground_rows, "inlier_fraction": round(inliers, 4)}
         fit.update({"model_output": relative.kind, "scale": a, "shift": b})
-        lifted = Lifted(rgb, to_metres(relative, a, b, s.max_depth_m), K, (a, b), relative.kind, fit)
+        lifted = Lifted(rgb, to_metres(relative, a, b, s.max_depth_m), K, (a, b), fit)
         self._lifted = (image.sha256, lifted)
         return lifted
 
