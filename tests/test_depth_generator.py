@@ -235,6 +235,7 @@ def test_ground_truth_walk_forward():
     scene, path, walk = _true_walk("walk_forward", 7)
     truth = scene.render(path)
     assert path.centres[-1, 2] > 1.0  # it really walked
+    np.testing.assert_array_equal(walk.frames[0], walk.input_image)  # the memory renders its own view back exactly
     known = walk.depth > 0
     assert np.median(np.abs(walk.depth[known] / truth.depth[known] - 1)) < 0.02
     for i in range(1, len(path)):  # novel views, on the pixels remembered from the concept image
