@@ -24,7 +24,9 @@ from ..trajectory import pixel_rays
 
 DEPTH_TOLERANCE = 0.02  # relative: splats this close to the nearest one are the same surface
 NEAR_M = 0.05  # points closer to the camera than this are not drawn
-MAX_SPLAT_PX = 6.0  # half-width cap; a point closer than that leaves a hole, which is generated
+# Half-width cap of a splat. A near surface must occlude what is behind it however close the camera comes,
+# and splatting costs the area covered, not the splat size (magnified points are few), so the cap is high.
+MAX_SPLAT_PX = 64.0
 TENT = 0.98  # tent half-width in units of the point spacing: neighbours at exactly one pitch get no weight
 MAX_FOOTPRINT_RATIO = 4.0  # a step to a neighbour is at most this many times the facing pixel size
 
