@@ -122,7 +122,7 @@ def test_cli_builds_a_valid_glb_from_a_sidecar_onnx(tmp_path):
         f'[depth]\nmodel = "{model}"\nlicence = "Apache-2.0 (test)"\n')
     out = tmp_path / "out"
     run = CliRunner().invoke(main, ["build", str(image), "-o", str(out), "--lod0-triangles", "3000",
-                                    "--texture-size", "256"])
+                                    "--texture-size", "512", "--lods", "2"])
     assert run.exit_code == 0, run.output
     glb = out / "hall" / "hall.glb"
     report = validate(glb)

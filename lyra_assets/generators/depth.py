@@ -36,7 +36,7 @@ from ..trajectory import CameraPath, intrinsics_from_fov, pixel_rays
 from ..walkthrough import Walkthrough
 from .depth_models import DepthModel, RelativeDepth, load_depth_model
 from .fill import ClassicalFill, DiffusersInpaint, Fill
-from .memory import NEAR_M, PointMemory
+from .memory import NEAR_M, PointMemory, Rendered
 
 UNKNOWN_LICENCE = "unknown: set [depth] licence"
 MODEL_MIN_HOLE = 0.002  # holes smaller than this fraction of a frame are cracks: nearest depth, no model run
@@ -125,7 +125,8 @@ class DepthGenerator:
         world = PointMemory()
         if memory is None:
             lifted = self._lift(image)
-            world.add(lifted.rgb, lifted.depth, np.ones(lifted.depth.shape, bool), np.ones(lifted.depth.shape, bool),
+            everything = np.ones(lifted.depth.shape, bool)
+            world.add(lifted.rgb, lifted.depth, everything, lifted.depth >= self.settings.max_depth_m, everything,
                       lifted.K, np.eye(4), frame=0)
             first_frame, fallback = 1, lifted.scale_shift
             fit = lifted.fit
@@ -140,11 +141,14 @@ class DepthGenerator:
             K, c2w = path.K[i], path.c2w[i]
             seen = world.render(K, c2w, w, h)
             holes = ~seen.covered
-            frames[i], depth[i], how = seen.colour, seen.depth, "none"
+            frames[i], depth[i], sky, how = seen.colour, seen.depth, seen.sky, "none"
             if holes.any():
                 frames[i] = self.fill(seen.colour, holes, self.prompt)
-                depth[i], how = self._hole_depth(frames[i], seen.depth, holes, K, c2w, fallback)
-                world.add(frames[i], depth[i], np.zeros((h, w), bool), holes, K, c2w, frame=first_frame + i)
+                depth[i], how = self._hole_depth(frames[i], seen, holes, K, c2w, fallback)
+                sky = np.where(holes, depth[i] >= self.settings.max_depth_m, seen.sky)
+                world.add(frames[i], depth[i], np.zeros((h, w), bool), sky, holes, K, c2w, frame=first_frame + i)
+            # The sky stays in the memory (a revisit shows it again) but is no surface: unknown depth for fusion.
+            depth[i][sky] = 0.0
             observed[i] = seen.observed
             generated = float(holes.mean())
             per_frame.append({"remembered": round(1.0 - generated, 5), "generated": round(generated, 5),
@@ -158,8 +162,6 @@ class DepthGenerator:
                       "generated_mean": round(float(np.mean([f["generated"] for f in per_frame])), 5),
                       "max_depth_m": s.max_depth_m}},
             "timings_s": {"generate": round(time.perf_counter() - started, 3)}}
-        # The sky stays in the memory (a revisit shows it again) but is no surface: unknown depth for fusion.
-        depth[depth >= s.max_depth_m] = 0.0
         return Walkthrough(frames, depth, observed, path, image.pixels, info)
 
     # -- depth in metres --------------------------------------------------------------------------------
@@ -207,16 +209,18 @@ class DepthGenerator:
                                   f"{rgb.shape[1]}x{rgb.shape[0]} image")
         return relative
 
-    def _hole_depth(self, rgb: np.ndarray, remembered: np.ndarray, holes: np.ndarray, K: np.ndarray,
-                    c2w: np.ndarray, fallback: tuple[float, float] | None) -> tuple[np.ndarray, str]:
+    def _hole_depth(self, rgb: np.ndarray, seen: Rendered, holes: np.ndarray, K: np.ndarray, c2w: np.ndarray,
+                    fallback: tuple[float, float] | None) -> tuple[np.ndarray, str]:
         """Metric depth for the hole pixels of a filled frame; the rest stays as remembered."""
-        known = ~holes
+        remembered, known = seen.depth, ~holes
         if known.any() and holes.mean() < MODEL_MIN_HOLE:  # cracks: the nearest remembered depth
             _, (rows, cols) = ndimage.distance_transform_edt(holes, return_indices=True)
-            return remembered[rows, cols], "nearest"
+            sky_depth = np.float32(self.settings.max_depth_m)  # a crack in the sky stays sky
+            return np.where(seen.sky[rows, cols], sky_depth, remembered[rows, cols]), "nearest"
         relative = self._predict(rgb, K, c2w)
         band = cv2.dilate(holes.astype(np.uint8), np.ones((2 * ALIGN_BAND_PX + 1,) * 2, np.uint8)).astype(bool)
-        anchors = band & known if (band & known).sum() >= 30 else known
+        surface = known & ~seen.sky  # the sky's stand-in depth anchors nothing
+        anchors = band & surface if (band & surface).sum() >= 30 else surface
         found = fit_affine(relative.values[anchors], in_model_space(remembered[anchors], relative.kind))
         how = "model, aligned to the remembered depth around the hole"
         if found is None:  # nothing remembered in view: the floor, then the concept image's scale
@@ -239,7 +243,8 @@ def seed_memory(world: PointMemory, walk: Walkthrough) -> int:
     for k in range(len(walk)):
         K, c2w = walk.path.K[k], walk.path.c2w[k]
         covered = world.render(K, c2w, walk.path.width, walk.path.height).covered
-        world.add(walk.frames[k], walk.depth[k], walk.observed[k], ~covered, K, c2w, frame=k)
+        world.add(walk.frames[k], walk.depth[k], walk.observed[k], np.zeros_like(covered), ~covered, K, c2w,
+                  frame=k)
     return len(walk)
 
 

@@ -1,7 +1,8 @@
 """Spatial memory of the depth generator: the world seen so far as coloured points, rendered into any camera.
 
 Every pixel a frame adds (the concept image's, or a hole the generator filled) becomes one point: its world
-position, colour, whether the input image saw it, the frame that added it, and its footprint: the 3D steps to
+position, colour, two labels (the input image saw it; it is sky, far away and no surface), the frame that
+added it, and its footprint: the 3D steps to
 its neighbouring pixels along the image rows and columns (so a floor seen at a grazing angle knows it is long
 along the columns). Rendering projects those steps and splats each point as a rectangle of the point
 spacing they project to, with bilinear ("tent") weights: a surface seen up close is interpolated on its own
@@ -36,6 +37,7 @@ class Rendered:
     colour: np.ndarray  # (H, W, 3) uint8
     depth: np.ndarray  # (H, W) float32 metres along the camera z, 0 where nothing is remembered
     observed: np.ndarray  # (H, W) bool: the input image saw this pixel's surface
+    sky: np.ndarray  # (H, W) bool: this pixel shows the sky (its depth is only a far stand-in)
     covered: np.ndarray  # (H, W) bool: memory has something here (the rest are holes to generate)
 
 
@@ -49,8 +51,8 @@ class PointMemory:
     def __len__(self) -> int:
         return sum(len(c[0]) for c in self._chunks)
 
-    def add(self, colour: np.ndarray, depth: np.ndarray, observed: np.ndarray, mask: np.ndarray, K: np.ndarray,
-            c2w: np.ndarray, frame: int) -> None:
+    def add(self, colour: np.ndarray, depth: np.ndarray, observed: np.ndarray, sky: np.ndarray, mask: np.ndarray,
+            K: np.ndarray, c2w: np.ndarray, frame: int) -> None:
         """Lift the pixels under `mask` (with depth > 0) of one RGB-D frame into the memory."""
         rays = pixel_rays(K, depth.shape[1], depth.shape[0])
         cam = rays * depth[..., None].astype(np.float64)
@@ -62,17 +64,18 @@ class PointMemory:
         steps = [_neighbour_step(cam, axis, facing)[keep] @ R.T for axis in (1, 0)]  # along rows, along columns
         self._chunks.append(((cam[keep] @ R.T + t).astype(np.float32), steps[0].astype(np.float32),
                              steps[1].astype(np.float32), facing[keep].astype(np.float32),
-                             colour[keep].astype(np.uint8), observed[keep].astype(np.bool_),
+                             colour[keep].astype(np.uint8), np.stack([observed[keep], sky[keep]], axis=1).astype(np.float64),
                              np.full(int(keep.sum()), frame, np.int32)))
         self._joined = None
 
     def render(self, K: np.ndarray, c2w: np.ndarray, width: int, height: int) -> Rendered:
         if not self._chunks:
+            nothing = np.zeros((height, width), bool)
             return Rendered(np.zeros((height, width, 3), np.uint8), np.zeros((height, width), np.float32),
-                            np.zeros((height, width), bool), np.zeros((height, width), bool))
+                            nothing, nothing, nothing)
         if self._joined is None:
             self._joined = tuple(np.concatenate(parts) for parts in zip(*self._chunks))
-        points, along_row, along_column, facing, colour, observed, frame = self._joined
+        points, along_row, along_column, facing, colour, labels, frame = self._joined
         w2c = np.linalg.inv(c2w)
         R, t = w2c[:3, :3].astype(np.float32), w2c[:3, 3].astype(np.float32)
         cam = points @ R.T + t
@@ -95,12 +98,12 @@ class PointMemory:
         det = np.where(flat, 1.0, det)
         slope_x = np.where(flat, 0.0, (dq[0] * dv[1] - dq[1] * dv[0]) / det)
         slope_y = np.where(flat, 0.0, (du[0] * dq[1] - du[1] * dq[0]) / det)
-        out_colour, out_depth, out_observed, weight = _splat(
-            u, v, cam[:, 2], slope_x, slope_y, half_x, half_y, frame[front], colour[front], observed[front],
+        out_colour, out_depth, out_labels, weight = _splat(
+            u, v, cam[:, 2], slope_x, slope_y, half_x, half_y, frame[front], colour[front], labels[front],
             width, height, DEPTH_TOLERANCE)
         covered = weight > 0
         return Rendered(np.clip(out_colour + 0.5, 0, 255).astype(np.uint8), out_depth.astype(np.float32),
-                        out_observed & covered, covered)
+                        out_labels[..., 0] & covered, out_labels[..., 1] & covered, covered)
 
 
 def _pixels(K: np.ndarray, cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +129,7 @@ def _neighbour_step(cam: np.ndarray, axis: int, facing: np.ndarray) -> np.ndarra
 
 
 @numba.njit(cache=True)
-def _splat(u, v, z, slope_x, slope_y, half_x, half_y, frame, colour, observed, width, height, tolerance):
+def _splat(u, v, z, slope_x, slope_y, half_x, half_y, frame, colour, labels, width, height, tolerance):
     """Three passes over the splats: nearest depth, earliest frame at that depth, tent-weighted average.
     A splat's depth at a pixel follows its inverse-depth slope from its centre."""
     n = len(u)
@@ -134,7 +137,7 @@ def _splat(u, v, z, slope_x, slope_y, half_x, half_y, frame, colour, observed, w
     first = np.full((height, width), np.iinfo(np.int32).max, np.int32)
     acc = np.zeros((height, width, 3))
     acc_z = np.zeros((height, width))
-    acc_obs = np.zeros((height, width))
+    acc_labels = np.zeros((height, width, labels.shape[1]))
     weight = np.zeros((height, width))
     for stage in range(3):
         for i in range(n):
@@ -167,16 +170,18 @@ def _splat(u, v, z, slope_x, slope_y, half_x, half_y, frame, colour, observed, w
                             for c in range(3):
                                 acc[y, x, c] += w * colour[i, c]
                             acc_z[y, x] += w * q  # inverse depth: affine across a plane's image
-                            acc_obs[y, x] += w * observed[i]
+                            for k in range(labels.shape[1]):
+                                acc_labels[y, x, k] += w * labels[i, k]
                             weight[y, x] += w
     out_colour = np.zeros((height, width, 3))
     out_depth = np.zeros((height, width))
-    out_observed = np.zeros((height, width), np.bool_)
+    out_labels = np.zeros((height, width, labels.shape[1]), np.bool_)
     for y in range(height):
         for x in range(width):
             if weight[y, x] > 0.0:
                 for c in range(3):
                     out_colour[y, x, c] = acc[y, x, c] / weight[y, x]
                 out_depth[y, x] = weight[y, x] / acc_z[y, x]
-                out_observed[y, x] = acc_obs[y, x] >= 0.5 * weight[y, x]
-    return out_colour, out_depth, out_observed, weight
+                for k in range(labels.shape[1]):
+                    out_labels[y, x, k] = acc_labels[y, x, k] >= 0.5 * weight[y, x]  # the weighted majority
+    return out_colour, out_depth, out_labels, weight
