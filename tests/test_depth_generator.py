@@ -19,7 +19,7 @@ from PIL import Image
 
 from lyra_assets.cli import main
 from lyra_assets.errors import LyraAssetsError
-from lyra_assets.generators.depth import DepthGenerator, fit_affine
+from lyra_assets.generators.depth import DepthGenerator, fit_affine, ground_depth
 from lyra_assets.generators.depth_models import RelativeDepth
 from lyra_assets.images import ConceptImage
 from lyra_assets.motions import FreeSpace, camera_path
@@ -345,3 +345,30 @@ def test_diffusers_folder_of_the_wrong_pipeline_type(pipelines, tmp_path):
                                     "-o", str(tmp_path / "out2")])
     assert run.exit_code == 2 and "MarigoldDepthPipeline folder, not an inpainting pipeline" in run.output
     assert not (tmp_path / "out2").exists()
+
+
+class FloorAndSky:
+    """TEST DOUBLE, labelled: an endless floor 1.6 m below the first camera under an empty sky (no hit: a
+    depth far beyond max_depth_m, as a depth model says 'very far')."""
+
+    description = "test double: floor and sky"
+
+    def __call__(self, rgb: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> RelativeDepth:
+        floor = ground_depth(K, c2w, rgb.shape[1], rgb.shape[0], 1.6)
+        return RelativeDepth(np.where(floor > 0, floor, 1e6).astype(np.float32), "depth")
+
+
+def test_the_sky_is_never_a_surface():
+    """Sky points stay in the memory at max_depth_m; seen from a camera that walked 20 m they are nearer than
+    that, and must still come out as unknown depth (0), never as geometry."""
+    preset = tiny_preset("walk_forward", 4)
+    generator = DepthGenerator(preset, {"max_depth_m": 100.0}, "test", depth_model=FloorAndSky())
+    first = CameraPath(np.eye(4)[None], intrinsics_from_fov(60.0, W, H), W, H)
+    image = ConceptImage(np.full((H, W, 3), 90, np.uint8), "plain", "3" * 64)
+    c2w = np.repeat(np.eye(4)[None], 4, axis=0)
+    c2w[:, 2, 3] = [0.0, 5.0, 10.0, 20.0]
+    walk = generator.generate(image, CameraPath(c2w, first.K[0], W, H), silent)
+    floor = ground_depth(first.K[0], np.eye(4), W, H, 1.6)
+    floor = (floor > 0) & (floor < 100.0)  # the floor beyond max_depth_m is as far as the sky
+    for i in range(len(walk)):
+        np.testing.assert_array_equal(walk.depth[i] > 0, floor)
