@@ -316,7 +316,8 @@ def test_marigold_folder_and_inpainting_folder_run_a_walk(pipelines, tmp_path):
     the fill changes holes only."""
     settings = {"model": str(pipelines["marigold"]), "inpaint": str(pipelines["inpaint"]), "device": "cpu",
                 "steps": 1, "inpaint_steps": 2, "known_depth": [[48, 60, 2.0], [48, 40, 6.0]]}
-    generator = DepthGenerator(tiny_preset("strafe", 2), settings, "test", prompt="a")
+    generator = DepthGenerator(tiny_preset("strafe", 2), settings, "test")
+    generator.set_text("a", None)
     rgb = np.asarray(Image.open(concept(tmp_path)))
     first = generator.model(rgb, np.eye(3), np.eye(4))
     assert first.kind == "depth" and first.values.shape == (H, W) and np.isfinite(first.values).all()

@@ -78,14 +78,15 @@ class Lifted:
 
 class DepthGenerator:
     name = "depth"
+    summary = "learned monocular depth from local weights (ONNX on a CPU, Marigold on a GPU) with a 3D memory"
     licence = UNKNOWN_LICENCE  # replaced by [depth] licence
     needs_gpu = False  # ONNX runs on a CPU; Marigold and inpainting use a GPU when there is one
-    takes_prompt = True  # the inpainting pipeline's prompt
+    takes_prompt = True  # the inpainting pipeline's prompt (set_text)
     operator_only = ("model", "inpaint")
     notice: str | None = None
 
-    def __init__(self, preset: Preset, settings: dict[str, Any], source: str = "settings",
-                 prompt: str | None = None, *, depth_model: DepthModel | None = None) -> None:
+    def __init__(self, preset: Preset, settings: dict[str, Any], source: str = "settings", *,
+                 depth_model: DepthModel | None = None) -> None:
         """`depth_model` lets a Python caller supply any object with DepthModel's interface instead of
         `[depth] model` (the ground-truth tests and benchmark pass a labelled true-depth double)."""
         try:
@@ -94,7 +95,7 @@ class DepthGenerator:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise LyraAssetsError(f"{source}: [depth] {problems}") from exc
         s = self.settings
-        self.preset, self.prompt = preset, prompt
+        self.preset, self.prompt = preset, None
         self.licence = s.licence
         if s.licence == UNKNOWN_LICENCE:
             self.notice = "the depth model's licence is unknown to lyra-assets: set [depth] licence to record it"
@@ -105,6 +106,10 @@ class DepthGenerator:
         self._lifted: tuple[str, Lifted] | None = None
 
     # -- the Generator interface ------------------------------------------------------------------------
+
+    def set_text(self, prompt: str | None, image_path: Path | None) -> None:
+        """The job's prompt, for the inpainting pipeline (the classical fill needs none)."""
+        self.prompt = prompt
 
     def survey(self, image: ConceptImage) -> FreeSpace:
         lifted = self._lift(image)
