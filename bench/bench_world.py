@@ -266,8 +266,14 @@ def run_baseline(baseline: str, truth: Truth, out: Path, quick: bool, settings: 
     depth = np.stack(depth)
     info = {"generator": {"name": baseline, "version": "bench", "licence": "none: a benchmark baseline"}}
     walk = Walkthrough(np.stack(frames), depth, depth > 0, path, image, info)
-    folder = walk.save(out / baseline / "walkthrough", force=True)
-    result = mesh(folder, out, baseline, options=settings.assets(quick), force=True, progress=monitor)
+    return meshed(walk, baseline, out, quick, settings, monitor)
+
+
+def meshed(walk: Walkthrough, name: str, out: Path, quick: bool, settings: Settings,
+           monitor: StageMonitor) -> dict[str, Any]:
+    """A walkthrough made here, saved and turned into a GLB by the pipeline's own downstream stages."""
+    folder = walk.save(out / name / "walkthrough", force=True)
+    result = mesh(folder, out, name, options=settings.assets(quick), force=True, progress=monitor)
     return {"glb": str(result.glb), "walkthrough": str(folder), "stages": monitor.finish()}
 
 
@@ -296,10 +302,7 @@ def run_depth_double(truth: Truth, preset_name: str, out: Path, quick: bool, set
     image = truth.frame(0)
     concept = ConceptImage(image, "concept", hashlib.sha256(image.tobytes()).hexdigest())
     path, _ = keep_clear(truth.path, generator.survey(concept), preset.scene.margin_m)
-    walk = generator.generate(concept, path, monitor)
-    folder = walk.save(out / "depth-true" / "walkthrough", force=True)
-    result = mesh(folder, out, "depth-true", asset_settings=settings.assets(quick), force=True, progress=monitor)
-    return {"glb": str(result.glb), "walkthrough": str(folder), "stages": monitor.finish()}
+    return meshed(generator.generate(concept, path, monitor), "depth-true", out, quick, settings, monitor)
 
 
 def in_child(function, *args) -> dict[str, Any]:

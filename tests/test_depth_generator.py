@@ -373,3 +373,18 @@ def test_the_sky_is_never_a_surface():
     floor = (floor > 0) & (floor < 100.0)  # the floor beyond max_depth_m is as far as the sky
     for i in range(len(walk)):
         np.testing.assert_array_equal(walk.depth[i] > 0, floor)
+
+
+def test_a_dropped_sidecar_may_not_name_the_model(tmp_path):
+    """`model` and `inpaint` name files on the machine: from a drop folder they are refused, while the
+    daemon's own defaults.toml may set them."""
+    from lyra_assets.job import Layer, resolve_job
+
+    image = concept(tmp_path)
+    image.with_suffix(".toml").write_text('generator = "depth"\n[depth]\nmodel = "/etc/passwd"\n')
+    with pytest.raises(LyraAssetsError, match=r"\[depth\] model cannot be set from a drop folder"):
+        resolve_job(image, drop_folder=True)
+    image.with_suffix(".toml").unlink()
+    defaults = Layer({"generator": "depth", "depth": {"model": "models/da.onnx"}}, "ROOT/defaults.toml")
+    spec = resolve_job(image, defaults=defaults, drop_folder=True)
+    assert spec.generator == "depth" and spec.generator_settings["model"] == "models/da.onnx"
