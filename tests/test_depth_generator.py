@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from scenes import BoxScene
 
 from lyra_assets.cli import main
 from lyra_assets.errors import LyraAssetsError
@@ -26,7 +27,6 @@ from lyra_assets.motions import FreeSpace, camera_path
 from lyra_assets.presets import load_preset
 from lyra_assets.progress import silent
 from lyra_assets.trajectory import CameraPath, intrinsics_from_fov, pixel_rays
-from scenes import BoxScene
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -278,8 +278,13 @@ def pipelines(tmp_path_factory) -> dict[str, Path]:
     pytest.importorskip("diffusers")
     pytest.importorskip("transformers")
     import torch
-    from diffusers import (AutoencoderKL, DDIMScheduler, MarigoldDepthPipeline, StableDiffusionInpaintPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        MarigoldDepthPipeline,
+        StableDiffusionInpaintPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     root = tmp_path_factory.mktemp("pipelines")
@@ -300,12 +305,12 @@ def pipelines(tmp_path_factory) -> dict[str, Path]:
         return AutoencoderKL(block_out_channels=(8, 8), norm_num_groups=8, latent_channels=4,
                              down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
 
-    MarigoldDepthPipeline(unet=unet(8), vae=vae(), scheduler=DDIMScheduler(), text_encoder=text_encoder,
+    MarigoldDepthPipeline(unet=unet(8), vae=vae(), scheduler=DDIMScheduler(steps_offset=1), text_encoder=text_encoder,
                           tokenizer=tokenizer, prediction_type="depth", scale_invariant=True, shift_invariant=True,
                           default_denoising_steps=1, default_processing_resolution=32
                           ).save_pretrained(root / "marigold")
     StableDiffusionInpaintPipeline(vae=vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet(9),
-                                   scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
+                                   scheduler=DDIMScheduler(steps_offset=1), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False).save_pretrained(root / "inpaint")
     return {"marigold": root / "marigold", "inpaint": root / "inpaint"}
 

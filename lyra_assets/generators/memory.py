@@ -62,10 +62,10 @@ class PointMemory:
         facing = depth / K[0, 0]  # the pixel's size on a surface facing the camera
         R, t = c2w[:3, :3], c2w[:3, 3]
         steps = [_neighbour_step(cam, axis, facing)[keep] @ R.T for axis in (1, 0)]  # along rows, along columns
+        labels = np.stack([observed[keep], sky[keep]], axis=1).astype(np.float64)
         self._chunks.append(((cam[keep] @ R.T + t).astype(np.float32), steps[0].astype(np.float32),
                              steps[1].astype(np.float32), facing[keep].astype(np.float32),
-                             colour[keep].astype(np.uint8), np.stack([observed[keep], sky[keep]], axis=1).astype(np.float64),
-                             np.full(int(keep.sum()), frame, np.int32)))
+                             colour[keep].astype(np.uint8), labels, np.full(int(keep.sum()), frame, np.int32)))
         self._joined = None
 
     def render(self, K: np.ndarray, c2w: np.ndarray, width: int, height: int) -> Rendered:
@@ -159,12 +159,10 @@ def _splat(u, v, z, slope_x, slope_y, half_x, half_y, frame, colour, labels, wid
                         continue
                     zz = 1.0 / q
                     if stage == 0:
-                        if zz < zmin[y, x]:
-                            zmin[y, x] = zz
+                        zmin[y, x] = min(zmin[y, x], zz)
                     elif zz <= zmin[y, x] * (1.0 + tolerance):
                         if stage == 1:
-                            if frame[i] < first[y, x]:
-                                first[y, x] = frame[i]
+                            first[y, x] = min(first[y, x], frame[i])
                         elif frame[i] == first[y, x]:
                             w = wx * wy
                             for c in range(3):
