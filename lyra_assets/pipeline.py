@@ -157,7 +157,9 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
     progress("export", 1, 2, "preview")
     preview = folder / "preview.png"
     shown = walkthrough.frames[np.linspace(0, len(walkthrough) - 1, 4).round().astype(int)]
-    render_preview(asset, walkthrough.input_image, list(shown), preview)
+    # The generator's labelling of the concept image (if it made one) shows how it read the picture.
+    render_preview(asset, walkthrough.input_image if walkthrough.labelled is None else walkthrough.labelled,
+                   list(shown), preview)
     progress("export", 2, 2, "done")
     timings["export"] = round(time.perf_counter() - started, 3)
 

@@ -10,6 +10,7 @@ Folder layout (version 1), readable by any tool:
     trajectory.npz       the cameras, in NVIDIA Lyra 2.0's layout (see trajectory.py)
     splats.ply           optional: the generator's 3D Gaussian splats, in this world frame (see splats.py)
     preview.mp4          H.264 preview of the frames
+    labelled.png         optional: how the generator read the concept image (e.g. sky / ground / pop-ups)
     contact_sheet.png    input, a few frames and their depth at a glance
 """
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Walkthrough:
     input_image: np.ndarray  # (h, w, 3) uint8, the concept image
     info: dict[str, Any] = field(default_factory=dict)  # becomes manifest.json
     splats: GaussianSplats | None = None  # a splat generator's Gaussians, in the same world frame and metres
+    labelled: np.ndarray | None = None  # (h, w, 3) uint8: the generator's reading of the concept image, for eyes
 
     def __post_init__(self) -> None:
         n, h, w = len(self.path), self.path.height, self.path.width
@@ -76,6 +78,8 @@ class Walkthrough:
                 for write in writes:
                     write.result()
             cv2.imwrite(str(tmp / "input.png"), self.input_image[:, :, ::-1])
+            if self.labelled is not None:
+                cv2.imwrite(str(tmp / "labelled.png"), self.labelled[:, :, ::-1])
             self.path.to_lyra_npz(tmp / "trajectory.npz")
             if self.splats is not None:
                 write_ply(tmp / "splats.ply", self.splats)
@@ -122,9 +126,10 @@ class Walkthrough:
                     else np.ones(depth.shape, dtype=bool))
         input_image = _read_rgb(folder / "input.png")
         splats = read_ply(folder / "splats.ply") if (folder / "splats.ply").exists() else None
+        labelled = _read_rgb(folder / "labelled.png") if (folder / "labelled.png").exists() else None
         known = ("format", "format_version", "frames", "width", "height", "fps")
         return cls(frames, depth, observed, path, input_image, {k: v for k, v in info.items() if k not in known},
-                   splats)
+                   splats, labelled)
 
 
 def _save_npz_fast(path: Path, **arrays: np.ndarray) -> None:
@@ -189,7 +194,8 @@ def depth_to_colour(depth: np.ndarray, far: float | None = None) -> np.ndarray:
 
 
 def contact_sheet(walk: Walkthrough, columns: int = 5, tile_width: int = 320) -> np.ndarray:
-    """Input image, then `columns` evenly spaced frames over their depth and observed mask."""
+    """Input image (over the generator's labelling, if any), then `columns` evenly spaced frames over their
+    depth and observed mask."""
     h, w = walk.path.height, walk.path.width
     tile_h = round(tile_width * h / w)
     idx = np.linspace(0, len(walk) - 1, columns).round().astype(int)
@@ -207,8 +213,15 @@ def contact_sheet(walk: Walkthrough, columns: int = 5, tile_width: int = 320) ->
     grid = np.vstack(rows)
     ih, iw = walk.input_image.shape[:2]
     input_h = grid.shape[0]
-    input_tile = cv2.resize(walk.input_image, (round(iw * input_h / ih), input_h), interpolation=cv2.INTER_AREA)
+    shown = [walk.input_image] if walk.labelled is None else [walk.input_image, walk.labelled]
+    tile_h = input_h // len(shown)
+    input_w = round(iw * tile_h / ih)
+    input_tile = np.vstack([cv2.resize(image, (input_w, tile_h), interpolation=cv2.INTER_AREA) for image in shown]
+                           + [np.zeros((input_h - tile_h * len(shown), input_w, 3), np.uint8)])
     sheet = np.hstack([input_tile, np.full((input_h, 8, 3), 255, np.uint8), grid])
+    if walk.labelled is not None:
+        cv2.putText(sheet, "labelling", (6, tile_h + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+                    cv2.LINE_AA)
     for col, i in enumerate(idx):
         x = input_tile.shape[1] + 8 + col * tile_width + 6
         cv2.putText(sheet, f"frame {i}", (x, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)

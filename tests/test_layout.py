@@ -79,7 +79,7 @@ def test_reprojection_check_fails_with_a_wrong_pose(image):
 
 def test_depth_is_exact_on_the_room_surfaces(image):
     generator, walk, _ = _walk(image, "look_around")
-    room = generator._fit(image)[0]
+    room = generator._fit(image).room
     path = walk.path
     for i in (0, 7, 15):
         rays = pixel_rays(path.K[i], path.width, path.height).reshape(-1, 3)
