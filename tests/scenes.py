@@ -89,6 +89,7 @@ class OpenGroundScene:
     height). The camera may be pitched down by `pitch_deg` (an aerial view when eye_height is large)."""
 
     eye_height: float = 1.6
+    tile_m: float = 1.0  # ground tile size; larger for views from high up, so the tiles don't alias
     blocks: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=lambda: [
         (np.array([-3.5, -1.4, 7.0]), np.array([-1.5, 1.6, 8.5])),
         (np.array([1.0, -0.6, 11.0]), np.array([4.0, 1.6, 12.0])),
@@ -96,7 +97,8 @@ class OpenGroundScene:
 
     def _colour(self, points: np.ndarray, sky: np.ndarray, block: np.ndarray, elevation: np.ndarray) -> np.ndarray:
         x, y, z = points[..., 0], points[..., 1], points[..., 2]
-        grout = (np.abs((x + 0.5) % 1.0 - 0.5) < 0.03) | (np.abs((z + 0.5) % 1.0 - 0.5) < 0.03)
+        t = self.tile_m
+        grout = (np.abs((x + t / 2) % t - t / 2) < 0.03 * t) | (np.abs((z + t / 2) % t - t / 2) < 0.03 * t)
         ground = np.where(grout[..., None], [0.35, 0.33, 0.3], [0.62, 0.55, 0.45])
         ground = ground * (0.9 + 0.1 * np.sin(7.1 * x) * np.cos(5.3 * z))[..., None]
         course = np.floor(y / 0.25)

@@ -174,7 +174,8 @@ def fit_layout(pixels: np.ndarray, preset: Preset, hints: LayoutHints) -> Layout
             return open_scene.read_picture(pixels, K, segments, horizon_vp, hints.horizon_px, hints.roll_deg,
                                            AERIAL_PITCH_DEG * 1.8 if case == "aerial" else None)
 
-        reading = read(vp if vp is not None else find_vanishing_point(segments, w, h, reach=2.0))
+        # The horizon's vanishing point may lie above the frame (a steep view), so search beyond it.
+        reading = read(vp if hints.vanishing_point is not None else find_vanishing_point(segments, w, h, 2.0))
         pitch = open_scene.pitch_roll_deg(reading.down)[0]
         if case == "auto" and pitch >= AERIAL_PITCH_DEG and np.mean(reading.labels == open_scene.GROUND) < 0.3:
             # A steep view is mostly ground; lines meeting far outside the frame that leave little ground

@@ -178,7 +178,7 @@ def sky_segments(sp: Superpixels, line_pixels: np.ndarray) -> np.ndarray:
     L, a, b = sp.lab.T
     smooth = sp.texture < max(0.02, 0.5 * np.median(sp.texture))
     lines = np.bincount(sp.segments.ravel(), line_pixels.ravel().astype(float), len(sp.area)) / sp.area
-    sky_colour = ((b < -6) & (L > 30)) | ((L > 65) & (np.hypot(a, b) < 12) & (b < 6))
+    sky_colour = ((b < -6) & (L > 10)) | ((L > 65) & (np.hypot(a, b) < 12) & (b < 6))
     top = sp.rows[:, 0] == 0
     return _grow(sp, top, smooth & sky_colour & (lines < 0.02), 14.0)
 
@@ -256,9 +256,11 @@ def read_picture(pixels: np.ndarray, K: np.ndarray, segments: np.ndarray, vanish
     return Reading(down, source, refine_sky(labels, rgb2lab(small), horizon), scale)
 
 
-def refine_sky(labels: np.ndarray, lab: np.ndarray, horizon: np.ndarray, delta_e: float = 6.0) -> np.ndarray:
-    """Pixels above the horizon that superpixels left out of the sky (slivers beside roofs and posts) join
-    it when their colour is within delta_e of the sky's colour on their row."""
+def refine_sky(labels: np.ndarray, lab: np.ndarray, horizon: np.ndarray, delta_e: float = 6.0,
+               step_delta_e: float = 3.0) -> np.ndarray:
+    """Pixels above the horizon that superpixels left out of the sky (slivers beside roofs and posts, the
+    band above the horizon) join it when their colour is within delta_e of the sky's colour on their row,
+    or changes by less than step_delta_e from the sky pixel above them (the sky brightens downwards)."""
     sky = labels == SKY
     if not sky.any():
         return labels
@@ -267,10 +269,12 @@ def refine_sky(labels: np.ndarray, lab: np.ndarray, horizon: np.ndarray, delta_e
     row_mean = (lab * sky[..., None]).sum(axis=1) / np.maximum(counts, 1)[:, None]
     row_mean = np.stack([np.interp(np.arange(len(lab)), have, row_mean[have, k]) for k in range(3)], 1)
     rows = np.arange(labels.shape[0])[:, None]
-    close = np.linalg.norm(lab - row_mean[:, None], axis=-1) < delta_e
-    refined = labels.copy()
-    refined[close & (rows < horizon[None]) & (labels == VERTICAL)] = SKY
-    return refined
+    open_air = (rows < horizon[None]) & (labels == VERTICAL)
+    sky |= open_air & (np.linalg.norm(lab - row_mean[:, None], axis=-1) < delta_e)
+    step = np.linalg.norm(lab[1:] - lab[:-1], axis=-1) < step_delta_e
+    for r in range(1, len(lab)):
+        sky[r] |= open_air[r] & sky[r - 1] & step[r - 1]
+    return np.where(sky, SKY, labels).astype(np.uint8)
 
 
 # -- 3. lifting ------------------------------------------------------------------------------------------
