@@ -5,8 +5,10 @@ beside `foo.png`) and the command line. A sidecar may hold:
 
     preset = "walk_forward"       generator = "layout"       prompt = "a stone corridor at dusk"
     [camera] / [path] / [scene]   any preset key, e.g. [camera] hfov_deg = 70 or [scene] eye_height_m = 1.7
-    [layout]                      the layout generator's hints: vanishing_point = [x, y],
-                                  back_wall = [x0, y0, x1, y1] (concept-image pixels)
+    [layout]                      the layout generator's hints: scene = "auto" | "room" | "outdoor" |
+                                  "aerial", vanishing_point = [x, y], back_wall = [x0, y0, x1, y1],
+                                  horizon_px, roll_deg (concept-image pixels, degrees), camera_height_m,
+                                  far_m (metres)
 
 Unknown keys are errors that name the key and the file.
 """
