@@ -303,13 +303,16 @@ def lift(pixels: np.ndarray, K: np.ndarray, reading: Reading, camera_height: flo
     hw, ww = labels.shape
     s = reading.scale
 
-    def reach_at(col: np.ndarray, row: np.ndarray) -> np.ndarray:
-        """Horizontal distance to where the ray through working pixel edge (col, row) meets the ground."""
+    def reach_at(col: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Horizontal distance to where the ray through working pixel edge (col, row) meets the ground, and
+        the ray's horizontal direction (unit, as ground x and z)."""
         rays = np.linalg.solve(K, np.stack([col * s, row * s, np.ones_like(col, float)]).astype(float)).T
         dd = rays @ down
-        horizontal = np.linalg.norm(rays - dd[:, None] * down, axis=1)
+        flat = np.stack([rays @ right, rays @ forward], 1)
+        horizontal = np.linalg.norm(flat, axis=1)
         with np.errstate(divide="ignore"):
-            return np.where(dd > 1e-9, camera_height * horizontal / np.maximum(dd, 1e-12), np.inf)
+            reach = np.where(dd > 1e-9, camera_height * horizontal / np.maximum(dd, 1e-12), np.inf)
+        return reach, flat / horizontal[:, None]
 
     popups: list[Popup] = []
     far_mask = labels == SKY
@@ -328,7 +331,7 @@ def lift(pixels: np.ndarray, K: np.ndarray, reading: Reading, camera_height: flo
         on_ground = (foot == hw - 1) | (labels[below, cols] == GROUND)
         if not on_ground.any():  # its foot is hidden everywhere: stand it on its lowest visible row
             on_ground = foot == foot.max()
-        reach = reach_at(cols + 0.5, (foot + 1).astype(float))
+        reach, heading = reach_at(cols + 0.5, (foot + 1).astype(float))
         reach = np.interp(cols, cols[on_ground], reach[on_ground]) if np.isfinite(reach[on_ground]).all() else reach
         reach = ndimage.median_filter(np.nan_to_num(reach, posinf=1e9), size=5, mode="nearest")
         cuts = np.flatnonzero((np.abs(np.log(reach[1:] / reach[:-1])) > math.log(DEPTH_CUT))
@@ -339,7 +342,8 @@ def lift(pixels: np.ndarray, K: np.ndarray, reading: Reading, camera_height: flo
             if np.median(reach[part]) > far:  # a distant mountain or skyline: part of the dome
                 far_mask |= piece
             elif piece.sum() >= min_area / 4:
-                popups.append(Popup(piece, cols[part], np.minimum(reach[part], far)))
+                straight = straightened(np.minimum(reach[part], far), heading[part])
+                popups.append(Popup(piece, cols[part], np.clip(straight, 0.5 * reach[part].min(), far)))
 
     owner_work = np.full((hw, ww), GROUND_OWNER, np.int32)
     owner_work[far_mask] = FAR_OWNER
@@ -367,6 +371,53 @@ def lift(pixels: np.ndarray, K: np.ndarray, reading: Reading, camera_height: flo
            "popup_depth_m": [round(float(np.median(p.reach)), 2) for p in popups],
            "popup_triangles": int(len(faces))}
     return scene, fit
+
+
+def straightened(reach: np.ndarray, heading: np.ndarray, tolerance: float = 0.05) -> np.ndarray:
+    """A pop-up's foot as a few straight runs on the ground (walls are straight; a superpixel outline is
+    not): Douglas-Peucker over the foot points with a tolerance of `tolerance` times their distance, then
+    each column's reach is where its ray meets its run."""
+    points = reach[:, None] * heading
+    epsilon = tolerance * float(np.median(reach))
+    if len(points) >= 2:  # one straight wall if most of the foot agrees with it (outliers: label slips)
+        vx, vy, x0, y0 = cv2.fitLine(points.astype(np.float32), cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
+        off = np.abs((points[:, 0] - x0) * vy - (points[:, 1] - y0) * vx)
+        if np.mean(off < epsilon) > 0.8:
+            along = (points[:, 0] - x0) * vx + (points[:, 1] - y0) * vy
+            points = np.c_[x0 + along * vx, y0 + along * vy]
+            keep = [0, len(points) - 1]
+        else:
+            keep = _douglas_peucker(points, epsilon)
+    else:
+        keep = [0]
+    out = reach.copy()
+    for a, b in zip(keep[:-1], keep[1:]):
+        edge = points[b] - points[a]
+        rays = heading[a: b + 1]
+        denominator = rays[:, 0] * edge[1] - rays[:, 1] * edge[0]
+        numerator = points[a, 0] * edge[1] - points[a, 1] * edge[0]
+        ok = np.abs(denominator) > 1e-9
+        hit = np.where(ok, numerator / np.where(ok, denominator, 1.0), reach[a: b + 1])
+        out[a: b + 1] = np.where(hit > 0, hit, reach[a: b + 1])
+    return out
+
+
+def _douglas_peucker(points: np.ndarray, epsilon: float) -> list[int]:
+    """Indices of the vertices Douglas-Peucker keeps of an open 2D polyline."""
+    keep = {0, len(points) - 1}
+    stack = [(0, len(points) - 1)]
+    while stack:
+        a, b = stack.pop()
+        if b - a < 2:
+            continue
+        edge = points[b] - points[a]
+        rel = points[a + 1: b] - points[a]
+        distance = np.abs(rel[:, 0] * edge[1] - rel[:, 1] * edge[0]) / max(float(np.linalg.norm(edge)), 1e-9)
+        i = int(np.argmax(distance))
+        if distance[i] > epsilon:
+            keep.add(a + 1 + i)
+            stack += [(a, a + 1 + i), (a + 1 + i, b)]
+    return sorted(keep)
 
 
 def popup_meshes(popups: list[Popup], K: np.ndarray, down: np.ndarray,
