@@ -11,6 +11,7 @@ from lyra_assets.motions import camera_path
 from lyra_assets.presets import available_presets, load_preset
 from lyra_assets.progress import silent
 from lyra_assets.trajectory import CameraPath, intrinsics_from_fov, pixel_rays, project
+from lyra_assets.walkthrough import Walkthrough
 
 SMALL = {"camera": {"width": 256, "height": 148}, "path": {"frames": 21}}
 
@@ -208,7 +209,7 @@ def test_outdoor_horizon_ground_and_popups_match_the_truth(plaza):
     assert np.median(np.abs(depth[both] - true_depth[both]) / true_depth[both]) < 0.05
 
 
-def test_outdoor_revisits_are_identical_and_the_sky_stays_unknown(plaza):
+def test_outdoor_revisits_are_identical_and_the_sky_stays_unknown(plaza, tmp_path):
     image = plaza[0]
     preset = load_preset("walk_and_return", overrides=SMALL)
     generator = LayoutGenerator(preset, {})
@@ -221,6 +222,8 @@ def test_outdoor_revisits_are_identical_and_the_sky_stays_unknown(plaza):
     assert (walk.depth == 0).mean() > 0.2  # the sky, in every frame
     assert walk.labelled is not None and walk.labelled.ndim == 3
     assert walk.info["generator"]["layout"]["case"] == "outdoor"
+    again = Walkthrough.load(walk.save(tmp_path / "walk"))  # the labelling travels with the folder
+    assert np.array_equal(again.labelled, walk.labelled) and (tmp_path / "walk" / "labelled.png").exists()
 
 
 def test_no_camera_walks_into_a_popup():
