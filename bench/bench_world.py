@@ -36,6 +36,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -49,6 +50,7 @@ import numpy as np
 
 import world_metrics as wm
 from lyra_assets.assets.level import AssetSettings
+from lyra_assets.generators import REGISTRY
 from lyra_assets.motions import FreeSpace, camera_path
 from lyra_assets.pipeline import build, mesh
 from lyra_assets.presets import load_preset
@@ -121,7 +123,8 @@ def scored_frames(n_frames: int) -> list[int]:
     return sorted({0, *wm.path_indices(n_frames)})
 
 
-def render_truth(scene: str, path: CameraPath, settings: Settings, cache: Path = CACHE) -> Truth:
+def render_truth(scene: str, path: CameraPath, settings: Settings, cache: Path = CACHE,
+                 blender: Path | None = None) -> Truth:
     """The scene rendered from the scored frames of `path` (our world frame), from the cache when the same
     render was made before."""
     index = scored_frames(len(path))
@@ -131,20 +134,21 @@ def render_truth(scene: str, path: CameraPath, settings: Settings, cache: Path =
          poses.round(6).tolist()]).encode()).hexdigest()[:20]
     folder = cache / f"{scene}-{key}"
     if not (folder / "depth.npz").exists():
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache))  # its own: runs may share the cache
         np.savez(tmp / "poses.npz", c2w=poses)
         hfov = math.degrees(2 * math.atan(path.width / 2 / path.K[0, 0, 0]))
         run = subprocess.run(
-            [str(blender_python()), str(SCENE_SCRIPT), "--scene", scene, "--seed", str(settings.seed),
+            [str(blender or blender_python()), str(SCENE_SCRIPT), "--scene", scene, "--seed", str(settings.seed),
              "--out", str(tmp), "--poses", str(tmp / "poses.npz"), "--width", str(path.width),
              "--height", str(path.height), "--hfov", repr(hfov), "--samples", str(settings.samples),
              "--threads", str(settings.threads)], capture_output=True, text=True)
         if run.returncode != 0:
             raise RuntimeError(f"Blender failed on scene {scene}:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another run finished the same render first
+            shutil.rmtree(tmp, ignore_errors=True)
     frames = np.stack([cv2.imread(str(f))[:, :, ::-1] for f in sorted((folder / "frames").glob("*.png"))])
     with np.load(folder / "mesh.npz") as m:
         vertices, faces = m["vertices"], m["faces"]
@@ -439,7 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown scene(s) {', '.join(sorted(unknown))}; known: {', '.join(SCENES)}")
     settings = QUICK if args.quick else FULL
-    methods = [g for g in args.generators.split(",") if g] + ([] if args.no_baselines else list(BASELINES))
+    generators = [g for g in args.generators.split(",") if g]
+    if set(generators) - set(REGISTRY):
+        parser.error(f"unknown generator(s) {', '.join(sorted(set(generators) - set(REGISTRY)))}; "
+                     f"known: {', '.join(sorted(REGISTRY))}")
+    methods = generators + ([] if args.no_baselines else list(BASELINES))
     presets = [p for p in (args.presets or ",".join(settings.presets)).split(",") if p]
     work = args.work or Path(os.environ.get("TMPDIR", "/tmp")) / f"lyra-bench-world-{os.getpid()}"
     args.results.mkdir(parents=True, exist_ok=True)

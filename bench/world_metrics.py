@@ -90,12 +90,11 @@ def backproject(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray
 def unseen_mask(depth_k: np.ndarray, c2w_k: np.ndarray, depth_0: np.ndarray, c2w_0: np.ndarray, K: np.ndarray,
                 rel_tol: float = 0.03, abs_tol: float = 0.05) -> np.ndarray:
     """Pixels of frame k showing what frame 0 did not see: outside frame 0's image or hidden from it, by
-    reprojecting frame k's true depth into camera 0 and comparing with frame 0's true depth there. Sky (inf)
-    stands at 1e5 m, so it counts as seen when its direction was in frame 0's view and was sky there too."""
-    far = 1e5
-    dk = np.where(np.isfinite(depth_k) & (depth_k > 0), depth_k, far)
-    d0 = np.where(np.isfinite(depth_0) & (depth_0 > 0), depth_0, far)
-    points = backproject(dk, K, c2w_k)
+    reprojecting frame k's true depth into camera 0 and comparing with frame 0's true depth there. Sky
+    (inf or 0) counts as seen where its direction was in frame 0's view and was sky there too."""
+    surface_k = np.isfinite(depth_k) & (depth_k > 0)
+    surface_0 = np.isfinite(depth_0) & (depth_0 > 0)
+    points = backproject(np.where(surface_k, depth_k, 1e6), K, c2w_k)  # sky: a point far along the ray
     w2c0 = np.linalg.inv(c2w_0)
     cam = points @ w2c0[:3, :3].T + w2c0[:3, 3]
     z = cam[..., 2]
@@ -104,10 +103,10 @@ def unseen_mask(depth_k: np.ndarray, c2w_k: np.ndarray, depth_0: np.ndarray, c2w
         col = np.floor(K[0, 0] * cam[..., 0] / z + K[0, 2])
         row = np.floor(K[1, 1] * cam[..., 1] / z + K[1, 2])
     inside = (z > 0) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
-    seen = np.zeros_like(inside)
-    ci, ri = col[inside].astype(int), row[inside].astype(int)
-    seen[inside] = np.abs(d0[ri, ci] - z[inside]) <= rel_tol * z[inside] + abs_tol
-    return ~seen
+    ci, ri = np.where(inside, col, 0).astype(int), np.where(inside, row, 0).astype(int)
+    same_surface = surface_k & surface_0[ri, ci] & (np.abs(depth_0[ri, ci] - z) <= rel_tol * z + abs_tol)
+    same_sky = ~surface_k & ~surface_0[ri, ci]
+    return ~(inside & (same_surface | same_sky))
 
 
 # -- meshes: a small perspective z-buffer -------------------------------------------------------------------------

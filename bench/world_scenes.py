@@ -168,6 +168,15 @@ def gable_roof(name, lo, hi, ridge, mat) -> None:
     _add(name, v, f, mat)
 
 
+def ceiling_light(name, x, y, z, size, watts) -> None:
+    """An area light facing down (interiors get no sun or sky)."""
+    light = bpy.data.lights.new(name, "AREA")
+    light.size, light.energy = size, watts
+    obj = bpy.data.objects.new(name, light)
+    obj.location = (x, y, z)
+    bpy.context.scene.collection.objects.link(obj)
+
+
 def tree(name, x, y, rng, mats) -> None:
     h = float(rng.uniform(3.0, 5.0))
     cylinder(f"{name}_trunk", x, y, 0, h * 0.45, 0.18, 0.14, mats["bark"], n=8)
@@ -225,6 +234,8 @@ def room(rng, m) -> dict:
     cylinder("lamp_pole", 1.8, 6.8, 0, 1.6, 0.03, 0.03, m["metal"], n=8)
     cylinder("lamp_shade", 1.8, 6.8, 1.45, 1.8, 0.3, 0.18, m["plaster"])
     box("rug", (-1.5, 2.0, 0), (1.5, 5.0, 0.02), m["fabric"])
+    for i, y in enumerate((1.0, 5.0)):
+        ceiling_light(f"light{i}", 0.0, y, h - 0.05, 1.5, 120.0)
     return {"eye": (0.0, 0.0, 1.6), "yaw": 0.0, "pitch": 0.0, "kind": "interior"}
 
 
@@ -240,6 +251,7 @@ def corridor(rng, m) -> dict:
         side = -1 if i % 2 else 1
         box(f"pilaster{i}", (side * w / 2 - 0.15, y, 0), (side * w / 2 + 0.15, y + 0.4, h), m["stone"])
         box(f"lightbox{i}", (-0.3, y, h - 0.08), (0.3, y + 0.6, h), m["metal"])
+        ceiling_light(f"light{i}", 0.0, y + 0.3, h - 0.1, 0.6, 40.0)
     box("bench", (-w / 2 + 0.05, 8.0, 0), (-w / 2 + 0.45, 9.5, 0.45), m["wood"])
     return {"eye": (0.0, 0.0, 1.6), "yaw": 0.0, "pitch": 0.0, "kind": "interior"}
 
