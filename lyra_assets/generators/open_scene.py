@@ -180,7 +180,7 @@ def sky_segments(sp: Superpixels, line_pixels: np.ndarray) -> np.ndarray:
     lines = np.bincount(sp.segments.ravel(), line_pixels.ravel().astype(float), len(sp.area)) / sp.area
     sky_colour = ((b < -6) & (L > 10)) | ((L > 65) & (np.hypot(a, b) < 12) & (b < 6))
     top = sp.rows[:, 0] == 0
-    return _grow(sp, top, smooth & sky_colour & (lines < 0.02), 14.0)
+    return _grow(sp, top, smooth & sky_colour & (lines < 0.02), 8.0)
 
 
 def ground_segments(sp: Superpixels, horizon: np.ndarray, sky: np.ndarray, line_support: np.ndarray,
