@@ -175,7 +175,7 @@ def fit_layout(pixels: np.ndarray, preset: Preset, hints: LayoutHints) -> Layout
                                            AERIAL_PITCH_DEG * 1.8 if case == "aerial" else None)
 
         # The horizon's vanishing point may lie above the frame (a steep view), so search beyond it.
-        reading = read(vp if hints.vanishing_point is not None else find_vanishing_point(segments, w, h, 2.0))
+        reading = read(vp if hints.vanishing_point is not None else horizon_vanishing_point(segments, w, h))
         pitch = open_scene.pitch_roll_deg(reading.down)[0]
         if case == "auto" and pitch >= AERIAL_PITCH_DEG and np.mean(reading.labels == open_scene.GROUND) < 0.3:
             # A steep view is mostly ground; lines meeting far outside the frame that leave little ground
@@ -318,9 +318,11 @@ def _receding(segments: np.ndarray) -> np.ndarray:
     return segments[(np.abs(angle - 90) > 8) & (np.minimum(angle, 180 - angle) > 8)]
 
 
-def find_vanishing_point(segments: np.ndarray, width: int, height: int, reach: float = 0.0) -> np.ndarray | None:
+def find_vanishing_point(segments: np.ndarray, width: int, height: int, reach: float = 0.0,
+                         lowest: float | None = None) -> np.ndarray | None:
     """The point most receding segments point at, by length-weighted voting over pairwise intersections,
-    within the image or up to `reach` image sides outside it (a steep view's horizon is above the frame)."""
+    within the image or up to `reach` image sides outside it (a steep view's horizon is above the frame),
+    and no lower than row `lowest` if given."""
     segs = _receding(segments)
     if len(segs) < 4:
         return None
@@ -332,7 +334,8 @@ def find_vanishing_point(segments: np.ndarray, width: int, height: int, reach: f
     ok = np.abs(points[:, 2]) > 1e-9
     candidates = points[ok, :2] / points[ok, 2:]
     inside = ((candidates[:, 0] > -reach * width) & (candidates[:, 0] < (1 + reach) * width)
-              & (candidates[:, 1] > -reach * height) & (candidates[:, 1] < (1 + reach) * height))
+              & (candidates[:, 1] > -reach * height)
+              & (candidates[:, 1] < ((1 + reach) * height if lowest is None else lowest)))
     candidates = candidates[inside]
     if len(candidates) == 0:
         return None
@@ -340,6 +343,19 @@ def find_vanishing_point(segments: np.ndarray, width: int, height: int, reach: f
     best = candidates[int(np.argmax(scores))]
     support = _vp_scores(best[None], segs)[0] / np.hypot(segs[:, 2] - segs[:, 0], segs[:, 3] - segs[:, 1]).sum()
     return best if support > 0.25 else None
+
+
+def horizon_vanishing_point(segments: np.ndarray, width: int, height: int) -> np.ndarray | None:
+    """Where receding ground lines meet, for an open scene's horizon: possibly above the frame (a steep
+    view), but not far below its centre (there a downward view's verticals meet), and only with the support
+    of several lines (two mountain ridges meet at a peak, which is no horizon)."""
+    vp = find_vanishing_point(segments, width, height, reach=2.0, lowest=0.75 * height)
+    if vp is None:
+        return None
+    segs = _receding(segments)
+    support = segs[_pointing_at(vp[None], segs, 2.0)[0]]
+    length = np.hypot(support[:, 2] - support[:, 0], support[:, 3] - support[:, 1]).sum()
+    return vp if len(support) >= 5 and length >= height else None
 
 
 def _pointing_at(candidates: np.ndarray, segs: np.ndarray, tolerance_deg: float) -> np.ndarray:

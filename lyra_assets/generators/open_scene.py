@@ -76,33 +76,46 @@ def _not_receding_to(segments: np.ndarray, vanishing_point: np.ndarray | None) -
 
 
 def down_from_verticals(segments: np.ndarray, K: np.ndarray, height: int,
-                        vanishing_point: np.ndarray | None = None) -> np.ndarray | None:
-    """World down in the camera frame from the vertical vanishing point of near-vertical segments, or None.
+                        vanishing_point: np.ndarray | None = None, may_look_up: bool = True) -> np.ndarray | None:
+    """World down in the camera frame from the vertical vanishing point of steep segments, or None.
 
-    The vanishing point v = K d is fitted in homogeneous coordinates (least squares over the segments'
-    lines, weighted by length), so a level camera's vertical point at infinity is no special case."""
+    Candidates are the pairwise meeting points of the longest steep segments, in homogeneous coordinates
+    (a level camera's vertical point at infinity is no special case); the one most segment length points
+    at wins (RANSAC-style: receding roads can be steep too) and is refined by least squares over its
+    supporters. Without sky in the picture, a camera looking steeply up is not believed: lines meeting
+    above the frame are then receding ground lines of a downward view. A prior favours level views: a few
+    stray lines must not tilt the world."""
     segments = _not_receding_to(segments, vanishing_point)
     if not len(segments):
         return None
     dx, dy = segments[:, 2] - segments[:, 0], segments[:, 3] - segments[:, 1]
     length = np.hypot(dx, dy)
-    steep = np.abs(dx) < np.tan(np.radians(25)) * np.abs(dy)
+    steep = np.abs(dx) < np.tan(np.radians(30)) * np.abs(dy)
     segs, length = segments[steep], length[steep]
     if len(segs) < 4 or length.sum() < 0.5 * height:
         return None
     lines = np.cross(np.c_[segs[:, :2], np.ones(len(segs))], np.c_[segs[:, 2:], np.ones(len(segs))])
     lines /= np.hypot(lines[:, 0], lines[:, 1])[:, None]
-    keep = np.ones(len(segs), bool)
-    for _ in range(3):  # refit on the segments that agree
+    longest = np.argsort(-length)[:60]
+    i, j = np.triu_indices(len(longest), 1)
+    meets = np.cross(lines[longest[i]], lines[longest[j]])
+    downs = meets @ np.linalg.inv(K).T
+    downs = downs / np.linalg.norm(downs, axis=1, keepdims=True) * np.where(downs[:, 1:2] < 0, -1, 1)
+    if not may_look_up:
+        downs = downs[downs[:, 2] > -math.sin(math.radians(15))]
+    if not len(downs):
+        return None
+    support = np.array([(length * _towards(segs, K @ d, 2.0)).sum() for d in downs])
+    level = 1.0 / (1.0 + (np.degrees(np.arcsin(np.clip(downs[:, 2], -1, 1))) / 60.0) ** 2)  # most views are level
+    d = downs[int(np.argmax(support * level))]
+    for _ in range(2):  # refit on the segments that agree
+        keep = _towards(segs, K @ d, 2.0)
+        if keep.sum() < 4 or length[keep].sum() < 0.5 * height:
+            return None
         A = lines[keep] @ K
         d = np.linalg.eigh((A * length[keep, None]).T @ A)[1][:, 0]
-        keep = _towards(segs, K @ d, 2.0)
-        if keep.sum() < 4:
-            return None
-    if length[keep].sum() < 0.6 * length.sum() or length[keep].sum() < 0.5 * height:
-        return None
-    d = d / np.linalg.norm(d)
-    return d if d[1] > 0 else -d
+        d = d / np.linalg.norm(d) * (1 if d[1] > 0 else -1)
+    return d
 
 
 def down_from_horizon(row: float, K: np.ndarray) -> np.ndarray:
@@ -231,7 +244,8 @@ def read_picture(pixels: np.ndarray, K: np.ndarray, segments: np.ndarray, vanish
         if roll_hint_deg:
             r = math.radians(roll_hint_deg)
             down = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]]) @ down
-    elif (found := down_from_verticals(segments, K, h, vanishing_point)) is not None:
+    elif (found := down_from_verticals(segments, K, h, vanishing_point,
+                                       may_look_up=bool(sky_pixels.mean() >= 0.03))) is not None:
         down, source = found, "vertical vanishing point"
     elif vanishing_point is not None:
         down, source = down_from_horizon(float(vanishing_point[1]), K), "vanishing point"
