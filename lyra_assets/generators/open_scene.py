@@ -190,7 +190,11 @@ def sky_segments(sp: Superpixels, line_pixels: np.ndarray) -> np.ndarray:
     (Cream and beige are walls and ceilings far more often than skies.)"""
     L, a, b = sp.lab.T
     smooth = sp.texture < max(0.02, 0.5 * np.median(sp.texture))
-    lines = np.bincount(sp.segments.ravel(), line_pixels.ravel().astype(float), len(sp.area)) / sp.area
+    # Lines along a superpixel's outline are its edges (the horizon itself is one); only lines across its
+    # inside are structure.
+    inside = ~find_boundaries(sp.segments, mode="thick")
+    lines = np.bincount(sp.segments.ravel(), (line_pixels.astype(bool) & inside).ravel().astype(float),
+                        len(sp.area)) / sp.area
     sky_colour = ((b < -6) & (L > 10)) | ((L > 65) & (np.hypot(a, b) < 12) & (b < 6))
     top = sp.rows[:, 0] == 0
     return _grow(sp, top, smooth & sky_colour & (lines < 0.02), 8.0)
@@ -239,26 +243,38 @@ def read_picture(pixels: np.ndarray, K: np.ndarray, segments: np.ndarray, vanish
     sky = sky_segments(sp, line_pixels)
     sky_pixels = sky[sp.segments]
 
+    rows, cols = np.nonzero(sky_pixels)
+
+    def sky_below(down: np.ndarray) -> float:
+        """Share of the sky that a horizon for `down` would put below itself (by more than two pixels of
+        superpixel slop)."""
+        slop = 2 * scale
+        return float(np.mean(rows * scale > horizon_row(down, K, (cols + 0.5) * scale) + slop)) if len(rows) else 0.0
+
     if horizon_hint is not None:
         down, source = down_from_horizon(horizon_hint, K), "sidecar"
         if roll_hint_deg:
             r = math.radians(roll_hint_deg)
             down = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]]) @ down
-    elif (found := down_from_verticals(segments, K, h, vanishing_point,
-                                       may_look_up=bool(sky_pixels.mean() >= 0.03))) is not None:
-        down, source = found, "vertical vanishing point"
-    elif vanishing_point is not None:
-        down, source = down_from_horizon(float(vanishing_point[1]), K), "vanishing point"
-    elif pitch_default_deg is not None:
-        p = math.radians(pitch_default_deg)
-        down, source = np.array([0.0, math.cos(p), math.sin(p)]), "default pitch"
     else:
-        row, source = K[1, 2], "level camera"
-        if sky_pixels.any():  # the sky lies above the horizon: the horizon is at or below its lowest rows
-            lowest = np.percentile(np.nonzero(sky_pixels)[0], 99) * scale
-            if lowest > row:
-                row, source = lowest, "sky boundary"
-        down = down_from_horizon(row, K)
+        candidates = [(down_from_verticals(segments, K, h, vanishing_point,
+                                           may_look_up=bool(sky_pixels.mean() >= 0.03)), "vertical vanishing point"),
+                      (None if vanishing_point is None else down_from_horizon(float(vanishing_point[1]), K),
+                       "vanishing point")]
+        if pitch_default_deg is not None:
+            p = math.radians(pitch_default_deg)
+            candidates.append((np.array([0.0, math.cos(p), math.sin(p)]), "default pitch"))
+        # Lines can mislead (a tapered statue, ridges); a horizon with sky below it is wrong.
+        found = [(d, why) for d, why in candidates if d is not None and sky_below(d) < 0.01]
+        if found:
+            down, source = found[0]
+        else:
+            row, source = K[1, 2], "level camera"
+            if len(rows):  # the sky lies above the horizon: the horizon is at or below its lowest rows
+                lowest = np.percentile(rows, 99) * scale
+                if lowest > row:
+                    row, source = lowest, "sky boundary"
+            down = down_from_horizon(row, K)
 
     cols_work = (np.arange(small.shape[1]) + 0.5) * scale
     horizon = (horizon_row(down, K, cols_work) / scale).astype(float)
