@@ -72,7 +72,7 @@ def ssim(image: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -
 
 def path_indices(n_frames: int, fractions=PATH_FRACTIONS) -> list[int]:
     """The frames at the given fractions of the path, rounded half up (0.25 of 9 frames is frame 2)."""
-    return [int(math.floor(f * (n_frames - 1) + 0.5)) for f in fractions]
+    return [math.floor(f * (n_frames - 1) + 0.5) for f in fractions]
 
 
 # -- what frame 0 saw -------------------------------------------------------------------------------------------
@@ -146,10 +146,10 @@ def _rasterise(cam, faces, fx, fy, cx, cy, width, height, near, zbuf, tri_buf, b
             area = (px[1] - px[0]) * (py[2] - py[0]) - (px[2] - px[0]) * (py[1] - py[0])
             if abs(area) < 1e-12:
                 continue
-            x0 = max(int(math.ceil(min(px[0], px[1], px[2]) - 0.5)), 0)
-            x1 = min(int(math.floor(max(px[0], px[1], px[2]) - 0.5)), width - 1)
-            y0 = max(int(math.ceil(min(py[0], py[1], py[2]) - 0.5)), 0)
-            y1 = min(int(math.floor(max(py[0], py[1], py[2]) - 0.5)), height - 1)
+            x0 = max(math.ceil(min(px[0], px[1], px[2]) - 0.5), 0)
+            x1 = min(math.floor(max(px[0], px[1], px[2]) - 0.5), width - 1)
+            y0 = max(math.ceil(min(py[0], py[1], py[2]) - 0.5), 0)
+            y1 = min(math.floor(max(py[0], py[1], py[2]) - 0.5), height - 1)
             for y in range(y0, y1 + 1):
                 for x in range(x0, x1 + 1):
                     qx, qy = x + 0.5, y + 0.5
@@ -229,9 +229,9 @@ def depth_map_mesh(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray,
     vertices = backproject(np.where(valid, depth, 0.0), K, c2w).reshape(-1, 3)
     idx = np.arange(h * w).reshape(h, w)
     quads = np.stack([idx[:-1, :-1], idx[:-1, 1:], idx[1:, 1:], idx[1:, :-1]], -1).reshape(-1, 4)
-    d = np.where(valid, depth, np.nan).reshape(-1)[quads]
-    with np.errstate(invalid="ignore"):
-        ok = np.isfinite(d).all(axis=1) & (np.nanmax(d, axis=1) <= max_ratio * np.nanmin(d, axis=1))
+    d = np.where(valid, depth, np.inf).reshape(-1)[quads]
+    ok = np.isfinite(d).all(axis=1)
+    ok[ok] = d[ok].max(axis=1) <= max_ratio * d[ok].min(axis=1)
     quads = quads[ok]
     faces = np.concatenate([quads[:, [0, 1, 2]], quads[:, [0, 2, 3]]])
     return vertices, faces

@@ -190,7 +190,7 @@ def tree(name, x, y, rng, mats) -> None:
 
 
 def _materials(rng) -> dict:
-    jitter = lambda c: tuple(float(np.clip(x + rng.uniform(-0.06, 0.06), 0, 1)) for x in c)  # noqa: E731
+    jitter = lambda c: tuple(float(np.clip(x + rng.uniform(-0.06, 0.06), 0, 1)) for x in c)
     return {
         "brick": _material("brick", "brick", jitter((0.55, 0.22, 0.15)), (0.75, 0.72, 0.68), 1.6),
         "brick2": _material("brick2", "brick", jitter((0.75, 0.6, 0.4)), (0.9, 0.88, 0.8), 1.4),

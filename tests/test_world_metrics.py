@@ -5,13 +5,12 @@ import math
 import sys
 from pathlib import Path
 
+import clients  # tests/ is on sys.path (conftest.py)
 import numpy as np
 import pytest
 
-import clients  # tests/ is on sys.path (conftest.py)
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import world_metrics as wm  # noqa: E402
+import world_metrics as wm
 
 W, H = 64, 48
 F = (W / 2) / math.tan(math.radians(30))  # 60 degrees across, as the presets
@@ -160,6 +159,7 @@ def test_tiny_blender_scene_end_to_end(tmp_path):
     against the exported true mesh, and score the true-depth baseline through the pipeline's mesh stage."""
     blender = clients.blender_python()
     import bench_world as bw
+
     from lyra_assets.trajectory import CameraPath
 
     settings = bw.Settings(width=W, height=H, frames=2, samples=2, presets=("walk_forward",), threads=1)

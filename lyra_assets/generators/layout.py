@@ -112,14 +112,14 @@ class Layout:
 
 class LayoutGenerator:
     name = "layout"
+    summary = "embedded default: a single-view layout of the picture; no GPU, no weights"
     licence = "none: procedural, no learned weights"
     needs_gpu = False
     takes_prompt = False
     operator_only: tuple[str, ...] = ()
-    notice: str | None = None
+    notice = None
 
-    def __init__(self, preset: Preset, settings: dict[str, Any], source: str = "settings",
-                 prompt: str | None = None) -> None:
+    def __init__(self, preset: Preset, settings: dict[str, Any], source: str = "settings") -> None:
         try:
             self.hints = LayoutHints.model_validate(settings)
         except ValidationError as exc:
