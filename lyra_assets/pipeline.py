@@ -5,6 +5,7 @@ The command line, the drop-folder daemon and the Blender add-on all call these f
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -163,7 +164,10 @@ def _recorded_provenance(walkthrough: Walkthrough, folder: Path, options: dict[s
     if "provenance" in walkthrough.info:
         recorded = Provenance.from_json(walkthrough.info["provenance"], str(folder / "manifest.json"))
         return recorded.respecified(recorded.spec(options))
-    spec = resolve_job(folder / "input.png", options, find_sidecar_next_to_image=False)
+    image = folder / "input.png"
+    record = {"image": str(image), "image_sha256": hashlib.sha256(image.read_bytes()).hexdigest(),
+              "name": safe_name(folder.name), "settings": {}}
+    spec = JobSpec.from_record(record, options, source=f"{folder} (made by another tool)")
     made_by = walkthrough.info.get("generator") or {}
     return Provenance(spec.key, f"lyra-assets {__version__}", str(made_by.get("name", "unknown")),
                       str(made_by.get("version", "unknown")), str(made_by.get("licence", "unknown")),
