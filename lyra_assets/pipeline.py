@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, generators
+from .assets.collision import spawn_clearance
 from .assets.level import make_level_asset
 from .errors import LyraAssetsError
 from .export.gltf import write_glb
@@ -48,10 +49,12 @@ class BuildResult:
     preview: Path
     walkthrough_dir: Path
     manifest: dict[str, Any]
+    usd: Path | None = None  # when the job asked for USD too
 
     @property
     def outputs(self) -> dict[str, str]:
-        return {"glb": str(self.glb), "manifest": str(self.manifest_path), "preview": str(self.preview),
+        usd = {} if self.usd is None else {"usd": str(self.usd)}
+        return {"glb": str(self.glb), **usd, "manifest": str(self.manifest_path), "preview": str(self.preview),
                 "walkthrough": str(self.walkthrough_dir)}
 
 
@@ -121,7 +124,7 @@ def build(image: str | Path | JobSpec, preset: str | None = None, out_dir: str |
     A walkthrough this same job saved before (a build that failed in the asset stages) is used again."""
     spec = job_spec(image, preset, generator, options, **resolve)
     folder = Path(out_dir) / spec.name
-    _refuse_existing([folder / f"{spec.name}.glb"], force)
+    _refuse_existing(_export_paths(folder, spec.name, spec), force)
     saved = _saved_walk(folder / "walkthrough", spec)
     if saved is None:
         _refuse_existing([folder / "walkthrough"], force)
@@ -154,8 +157,17 @@ def mesh(walkthrough_dir: str | Path, out_dir: str | Path = "out", name: str | N
         parent = walkthrough_dir.resolve()
         name = safe_name(parent.parent.name if parent.name == "walkthrough" else parent.name)
     folder = Path(out_dir) / name
-    _refuse_existing([folder / f"{name}.glb"], force)
+    _refuse_existing(_export_paths(folder, name, provenance.spec()), force)
     return _make_asset(walkthrough, walkthrough_dir, folder, name, provenance, force, progress)
+
+
+def _export_paths(folder: Path, name: str, spec: JobSpec) -> list[Path]:
+    """The asset files the job writes: the GLB, then the USD package when asked for."""
+    if "usd" not in spec.export.formats:
+        return [folder / f"{name}.glb"]
+    from .export import usd  # noqa: F401  usd-core is optional: a missing one is reported here, before any work
+
+    return [folder / f"{name}.glb", folder / f"{name}.usdz"]
 
 
 def _recorded_provenance(walkthrough: Walkthrough, folder: Path, options: dict[str, Any] | None) -> Provenance:
@@ -202,9 +214,15 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
 
     started = time.perf_counter()
     progress("export", 0, 2, "glTF")
-    glb = folder / f"{name}.glb"
+    glb, *usd = _export_paths(folder, name, spec)
     summary = write_glb(asset, glb)
     outputs = {"glb": {"file": glb.name, "bytes": summary["bytes"]}}
+    if usd:
+        from .export.usd import write_usd  # usd-core is optional: imported only when USD is asked for
+
+        progress("export", 0, 2, "USD")
+        summary = write_usd(asset, usd[0])
+        outputs["usd"] = {"file": usd[0].name, "bytes": summary["bytes"], "root": summary["root"]}
     if walkthrough.splats is not None:  # next to the GLB, in its frame: Y up, metres
         splats_file = folder / f"{name}.splats.ply"
         export_splats(walkthrough.splats, splats_file)
@@ -231,14 +249,16 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
         "lods": [{"node": f"{name}_LOD{i}", "triangles": int(len(lod.faces)), "vertices": int(len(lod.vertices)),
                   "texture_size": int(lod.albedo.shape[0]), "screen_coverage": lod.screen_coverage,
                   "geometric_error_m": lod.geometric_error} for i, lod in enumerate(asset.lods)],
-        "collider": {"node": f"{name}_collider", "triangles": int(len(asset.collider.faces))},
+        "collider": {"node": f"{name}_collider", "triangles": int(len(asset.collider.faces)), **asset.collider.notes},
+        # For robots: a ray down from the spawn (the first camera) to the collider's floor, and up to its ceiling.
+        "spawn": {"camera": 0, **spawn_clearance(asset.collider)},
         "timings_s": timings,
         "outputs": {**outputs, "preview": {"file": preview.name, "bytes": preview.stat().st_size},
                     "walkthrough": {"folder": str(walkthrough_dir)}},
     }
     manifest_path = folder / "manifest.json"
     write_json_atomically(manifest_path, manifest)
-    return BuildResult(glb, manifest_path, preview, walkthrough_dir, manifest)
+    return BuildResult(glb, manifest_path, preview, walkthrough_dir, manifest, usd[0] if usd else None)
 
 
 def _refuse_existing(paths: list[Path], force: bool) -> None:
