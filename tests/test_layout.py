@@ -2,7 +2,7 @@
 import cv2
 import numpy as np
 import pytest
-from scenes import OpenGroundScene
+from scenes import BoxScene, OpenGroundScene
 
 from lyra_assets.generators.layout import LayoutGenerator, LayoutHints, fit_room, mirror_fill
 from lyra_assets.generators.open_scene import continue_texture
@@ -252,6 +252,13 @@ def test_an_aerial_view_is_recognised_and_its_height_can_be_given():
     depth = layout.render(layout.scene.K_concept, np.eye(4), *OPEN_SIZE)[1]
     ground = (true_depth > 0) & (depth > 0)
     assert np.median(np.abs(depth[ground] - true_depth[ground]) / true_depth[ground]) < 0.05
+
+
+def test_stray_lines_do_not_tilt_the_world():
+    """A picture without real verticals (smooth procedural colour) keeps a level, unrolled camera."""
+    image = _open_image(BoxScene())[0]
+    fit = LayoutGenerator(load_preset("walk_forward"), {})._fit(image).fit
+    assert fit["case"] == "outdoor" and abs(fit["roll_deg"]) < 2.0 and abs(fit["pitch_deg"]) < 5.0
 
 
 def test_the_sidecar_forces_the_case(image, plaza):

@@ -83,8 +83,8 @@ def down_from_verticals(segments: np.ndarray, K: np.ndarray, height: int,
     (a level camera's vertical point at infinity is no special case); the one most segment length points
     at wins (RANSAC-style: receding roads can be steep too) and is refined by least squares over its
     supporters. Without sky in the picture, a camera looking steeply up is not believed: lines meeting
-    above the frame are then receding ground lines of a downward view. A prior favours level views: a few
-    stray lines must not tilt the world."""
+    above the frame are then receding ground lines of a downward view. A prior favours level, unrolled
+    views: a few stray lines must not tilt the world."""
     segments = _not_receding_to(segments, vanishing_point)
     if not len(segments):
         return None
@@ -106,11 +106,13 @@ def down_from_verticals(segments: np.ndarray, K: np.ndarray, height: int,
     if not len(downs):
         return None
     support = np.array([(length * _towards(segs, K @ d, 2.0)).sum() for d in downs])
-    level = 1.0 / (1.0 + (np.degrees(np.arcsin(np.clip(downs[:, 2], -1, 1))) / 60.0) ** 2)  # most views are level
+    # Most views are level, and rolled views rarer still.
+    pitch, roll = np.degrees(np.arcsin(np.clip(downs[:, 2], -1, 1))), np.degrees(np.arctan2(-downs[:, 0], downs[:, 1]))
+    level = 1.0 / ((1.0 + (pitch / 60.0) ** 2) * (1.0 + (roll / 10.0) ** 2))
     d = downs[int(np.argmax(support * level))]
     for _ in range(2):  # refit on the segments that agree
         keep = _towards(segs, K @ d, 2.0)
-        if keep.sum() < 4 or length[keep].sum() < 0.5 * height:
+        if keep.sum() < 5 or length[keep].sum() < max(0.5 * height, 0.35 * length.sum()):
             return None
         A = lines[keep] @ K
         d = np.linalg.eigh((A * length[keep, None]).T @ A)[1][:, 0]
