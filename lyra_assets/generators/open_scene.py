@@ -20,6 +20,7 @@ weights:
 from __future__ import annotations
 
 import math
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -522,7 +523,8 @@ def ground_texture(pixels: np.ndarray, K: np.ndarray, owner: np.ndarray, down: n
     known = who == GROUND_OWNER
     blurred = cv2.GaussianBlur(pixels, (0, 0), 1.0)
     colour = cv2.remap(blurred, np.where(known, pu - 0.5, 0).astype(np.float32),
-                       np.where(known, pv - 0.5, 0).astype(np.float32), cv2.INTER_LINEAR)
+                       np.where(known, pv - 0.5, 0).astype(np.float32), cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)
     # Detail is copied from the nearer half of what was seen: far off, one concept pixel is smeared over
     # many texels in depth, and its streaks are no texture to continue.
     distance = np.hypot(gx, gz)
@@ -542,17 +544,21 @@ def dome_texture(pixels: np.ndarray, K: np.ndarray, owner: np.ndarray, down: np.
     pu, pv, who = _project(dirs, K, owner)
     known = who == FAR_OWNER
     colour = cv2.remap(pixels, np.where(known, pu - 0.5, 0).astype(np.float32),
-                       np.where(known, pv - 0.5, 0).astype(np.float32), cv2.INTER_AREA)
+                       np.where(known, pv - 0.5, 0).astype(np.float32), cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)
     if not known.any():
         seen = pixels[owner == FAR_OWNER] if (owner == FAR_OWNER).any() else pixels.reshape(-1, 3)
         return np.broadcast_to(np.median(seen, axis=0).astype(np.uint8), (rows, cols, 3)).copy()
     counts = known.sum(axis=1)
-    row_mean = (colour * known[..., None]).sum(axis=1) / np.maximum(counts, 1)[:, None]
+    # The median, not the mean: texels along an outline carry some of the pop-up's colour.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        row_colour = np.nanmedian(np.where(known[..., None], colour.astype(np.float32), np.nan), axis=1)
     have = np.flatnonzero(counts)
-    row_mean = np.stack([np.interp(np.arange(rows), have, row_mean[have, k]) for k in range(3)], 1)
+    row_colour = np.stack([np.interp(np.arange(rows), have, row_colour[have, k]) for k in range(3)], 1)
     # Below the horizon, where the picture saw nothing far away, the dome shows distant ground.
-    row_mean[(lat[:, 0] < 0) & (counts == 0)] = ground_colour
-    smooth = np.broadcast_to(row_mean[:, None], colour.shape).astype(np.float32)
+    row_colour[(lat[:, 0] < 0) & (counts == 0)] = ground_colour
+    smooth = np.broadcast_to(row_colour[:, None], colour.shape).astype(np.float32)
     return continue_texture(colour, known, smooth)
 
 
@@ -578,7 +584,10 @@ def continue_texture(colour: np.ndarray, known: np.ndarray, smooth: np.ndarray, 
     fixed seed)."""
     out = smooth.copy()
     detail = colour.astype(np.float32) - cv2.GaussianBlur(colour.astype(np.float32), (0, 0), patch / 6)
-    fully_known = ndimage.binary_erosion(known if sources is None else sources, np.ones((patch, patch), bool),
+    # A patch must lie wholly inside what was seen, and a few texels clear of its edge: texels along the
+    # edge carry colour of whatever bordered it (a statue's outline would reappear in the sky).
+    margin = patch + 2 * max(2, patch // 6)
+    fully_known = ndimage.binary_erosion(known if sources is None else sources, np.ones((margin, margin), bool),
                                          border_value=0)
     sources = np.argwhere(fully_known)
     h, w = known.shape
