@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from lyra_assets import build
-from lyra_assets.assets.level import AssetSettings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "corridor.png"
 TARGET_S, TARGET_RSS_GB = 30.0, 4.0
@@ -23,8 +22,8 @@ TARGET_S, TARGET_RSS_GB = 30.0, 4.0
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as out:
-        build(EXAMPLE, out_dir=Path(out) / "warm", overrides={"path": {"frames": 5}},
-              asset_settings=AssetSettings(lod0_triangles=5000, texture_size=512))
+        build(EXAMPLE, out_dir=Path(out) / "warm",
+              options={"path": {"frames": 5}, "assets": {"lod0_triangles": 5000, "texture_size": 512}})
         started = time.perf_counter()
         result = build(EXAMPLE, "walk_forward", Path(out) / "bench")
         wall = time.perf_counter() - started
