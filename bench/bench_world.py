@@ -78,9 +78,9 @@ class Settings:
     seed: int = 0
     threads: int = 2
 
-    def options(self, quick: bool) -> dict[str, Any]:
-        """The pipeline options of the asset stages: small LODs in quick mode (the metrics read LOD0's shape)."""
-        return {"assets": {"lod0_triangles": 40_000, "texture_size": 512, "lod_ratios": [0.25]}} if quick else {}
+    def assets(self, quick: bool) -> dict[str, Any]:
+        """The asset stages' options: small in quick mode, the built-in defaults otherwise."""
+        return {"assets": {"lod0_triangles": 40_000, "texture_size": 512, "lods": 2}} if quick else {}
 
 
 QUICK = Settings(width=256, height=144, frames=9, samples=8, presets=("walk_and_return", "look_around"))
@@ -234,7 +234,7 @@ def run_generator(generator: str, image: Path, preset: str, trajectory: Path, ou
     """One generator through the public pipeline, in this (child) process."""
     monitor = StageMonitor()
     result = build(image, preset=preset, out_dir=out, generator=generator, trajectory=trajectory,
-                   options=settings.options(quick), force=True, progress=monitor)
+                   options=settings.assets(quick), force=True, progress=monitor)
     return {"glb": str(result.glb), "walkthrough": str(result.walkthrough_dir), "stages": monitor.finish()}
 
 
@@ -260,7 +260,7 @@ def run_baseline(baseline: str, truth: Truth, out: Path, quick: bool, settings: 
     info = {"generator": {"name": baseline, "version": "bench", "licence": "none: a benchmark baseline"}}
     walk = Walkthrough(np.stack(frames), depth, depth > 0, path, image, info)
     folder = walk.save(out / baseline / "walkthrough", force=True)
-    result = mesh(folder, out, baseline, options=settings.options(quick), force=True, progress=monitor)
+    result = mesh(folder, out, baseline, options=settings.assets(quick), force=True, progress=monitor)
     return {"glb": str(result.glb), "walkthrough": str(folder), "stages": monitor.finish()}
 
 

@@ -5,6 +5,7 @@ The command line, the drop-folder daemon and the Blender add-on all call these f
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, generators
+from .assets.collision import spawn_clearance
 from .assets.level import make_level_asset
 from .errors import LyraAssetsError
 from .export.gltf import write_glb
@@ -47,10 +49,12 @@ class BuildResult:
     preview: Path
     walkthrough_dir: Path
     manifest: dict[str, Any]
+    usd: Path | None = None  # when the job asked for USD too
 
     @property
     def outputs(self) -> dict[str, str]:
-        return {"glb": str(self.glb), "manifest": str(self.manifest_path), "preview": str(self.preview),
+        usd = {} if self.usd is None else {"usd": str(self.usd)}
+        return {"glb": str(self.glb), **usd, "manifest": str(self.manifest_path), "preview": str(self.preview),
                 "walkthrough": str(self.walkthrough_dir)}
 
 
@@ -120,7 +124,7 @@ def build(image: str | Path | JobSpec, preset: str | None = None, out_dir: str |
     A walkthrough this same job saved before (a build that failed in the asset stages) is used again."""
     spec = job_spec(image, preset, generator, options, **resolve)
     folder = Path(out_dir) / spec.name
-    _refuse_existing([folder / f"{spec.name}.glb"], force)
+    _refuse_existing(_export_paths(folder, spec.name, spec), force)
     saved = _saved_walk(folder / "walkthrough", spec)
     if saved is None:
         _refuse_existing([folder / "walkthrough"], force)
@@ -153,8 +157,17 @@ def mesh(walkthrough_dir: str | Path, out_dir: str | Path = "out", name: str | N
         parent = walkthrough_dir.resolve()
         name = safe_name(parent.parent.name if parent.name == "walkthrough" else parent.name)
     folder = Path(out_dir) / name
-    _refuse_existing([folder / f"{name}.glb"], force)
+    _refuse_existing(_export_paths(folder, name, provenance.spec()), force)
     return _make_asset(walkthrough, walkthrough_dir, folder, name, provenance, force, progress)
+
+
+def _export_paths(folder: Path, name: str, spec: JobSpec) -> list[Path]:
+    """The asset files the job writes: the GLB, then the USD package when asked for."""
+    if "usd" not in spec.export.formats:
+        return [folder / f"{name}.glb"]
+    from .export import usd  # noqa: F401  usd-core is optional: a missing one is reported here, before any work
+
+    return [folder / f"{name}.glb", folder / f"{name}.usdz"]
 
 
 def _recorded_provenance(walkthrough: Walkthrough, folder: Path, options: dict[str, Any] | None) -> Provenance:
@@ -163,7 +176,10 @@ def _recorded_provenance(walkthrough: Walkthrough, folder: Path, options: dict[s
     if "provenance" in walkthrough.info:
         recorded = Provenance.from_json(walkthrough.info["provenance"], str(folder / "manifest.json"))
         return recorded.respecified(recorded.spec(options))
-    spec = resolve_job(folder / "input.png", options, find_sidecar_next_to_image=False)
+    image = folder / "input.png"
+    record = {"image": str(image), "image_sha256": hashlib.sha256(image.read_bytes()).hexdigest(),
+              "name": safe_name(folder.name), "settings": {}}
+    spec = JobSpec.from_record(record, options, source=f"{folder} (made by another tool)")
     made_by = walkthrough.info.get("generator") or {}
     return Provenance(spec.key, f"lyra-assets {__version__}", str(made_by.get("name", "unknown")),
                       str(made_by.get("version", "unknown")), str(made_by.get("licence", "unknown")),
@@ -198,9 +214,15 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
 
     started = time.perf_counter()
     progress("export", 0, 2, "glTF")
-    glb = folder / f"{name}.glb"
+    glb, *usd = _export_paths(folder, name, spec)
     summary = write_glb(asset, glb)
     outputs = {"glb": {"file": glb.name, "bytes": summary["bytes"]}}
+    if usd:
+        from .export.usd import write_usd  # usd-core is optional: imported only when USD is asked for
+
+        progress("export", 0, 2, "USD")
+        summary = write_usd(asset, usd[0])
+        outputs["usd"] = {"file": usd[0].name, "bytes": summary["bytes"], "root": summary["root"]}
     if walkthrough.splats is not None:  # next to the GLB, in its frame: Y up, metres
         splats_file = folder / f"{name}.splats.ply"
         export_splats(walkthrough.splats, splats_file)
@@ -225,14 +247,16 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
         "lods": [{"node": f"{name}_LOD{i}", "triangles": int(len(lod.faces)), "vertices": int(len(lod.vertices)),
                   "texture_size": int(lod.albedo.shape[0]), "screen_coverage": lod.screen_coverage,
                   "geometric_error_m": lod.geometric_error} for i, lod in enumerate(asset.lods)],
-        "collider": {"node": f"{name}_collider", "triangles": int(len(asset.collider.faces))},
+        "collider": {"node": f"{name}_collider", "triangles": int(len(asset.collider.faces)), **asset.collider.notes},
+        # For robots: a ray down from the spawn (the first camera) to the collider's floor, and up to its ceiling.
+        "spawn": {"camera": 0, **spawn_clearance(asset.collider)},
         "timings_s": timings,
         "outputs": {**outputs, "preview": {"file": preview.name, "bytes": preview.stat().st_size},
                     "walkthrough": {"folder": str(walkthrough_dir)}},
     }
     manifest_path = folder / "manifest.json"
     write_json_atomically(manifest_path, manifest)
-    return BuildResult(glb, manifest_path, preview, walkthrough_dir, manifest)
+    return BuildResult(glb, manifest_path, preview, walkthrough_dir, manifest, usd[0] if usd else None)
 
 
 def _refuse_existing(paths: list[Path], force: bool) -> None:

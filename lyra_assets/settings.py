@@ -77,7 +77,8 @@ class FusionSettings(_Table):
 class ExportSettings(_Table):
     """`[export]`: which files the asset is written as."""
 
-    formats: tuple[Literal["glb"], ...] = Field(("glb",), min_length=1, description="file formats to write")
+    formats: tuple[Literal["glb", "usd"], ...] = Field(
+        ("glb",), min_length=1, description="file formats to write: glb (always written), usd (.usdz with physics)")
     profiles: tuple[Literal["gltf"], ...] = Field(("gltf",), min_length=1,
                                                   description="engine profiles of the glTF, one file each")
 
@@ -85,6 +86,12 @@ class ExportSettings(_Table):
     @classmethod
     def _no_repeats(cls, names: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(dict.fromkeys(names))
+
+    @field_validator("formats")
+    @classmethod
+    def _glb_always(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        """The GLB is the asset every surface reads (CLI, daemon, add-on); other formats come next to it."""
+        return tuple(dict.fromkeys(("glb", *names)))
 
 
 TABLES: dict[str, type[_Table]] = {"assets": AssetSettings, "fusion": FusionSettings, "export": ExportSettings}

@@ -105,7 +105,7 @@ def make_level_asset(name: str, dense: trimesh.Trimesh, walk: Walkthrough,
     coverages = screen_coverages(errors, [len(g.faces) for g in levels], diameter)
     for lod, error, coverage in zip(lods, errors, coverages):
         lod.geometric_error, lod.screen_coverage = error, coverage
-    collider = make_collider(lod0_vertices, lod0_faces, settings.collider_triangles)
+    collider = make_collider(lod0_vertices, lod0_faces, settings.collider_triangles, walk.path.c2w[:, :3, 3])
     return LevelAsset(name, lods, collider)
 
 
