@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -101,11 +101,8 @@ def build(image: str | Path, preset: str | None = None, out_dir: str | Path = "o
     folder = Path(out_dir) / job.name
     _refuse_existing([folder / "walkthrough", folder / f"{job.name}.glb"], force)
     walkthrough = walk(job, progress)
-    progress("save", 0, 1, "walkthrough")
-    walkthrough_dir = walkthrough.save(folder / "walkthrough", force=force)
-    progress("save", 1, 1, "walkthrough")
-    return _make_asset(walkthrough, walkthrough_dir, folder, job.name, asset_settings, voxel_size, force,
-                       progress)
+    return _with_walkthrough_saved(walkthrough, folder / "walkthrough", force, progress, lambda: _make_asset(
+        walkthrough, folder / "walkthrough", folder, job.name, asset_settings, voxel_size, force, progress))
 
 
 def mesh(walkthrough_dir: str | Path, out_dir: str | Path = "out", name: str | None = None,
@@ -182,6 +179,26 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
     manifest_path = folder / "manifest.json"
     write_json_atomically(manifest_path, manifest)
     return BuildResult(glb, manifest_path, preview, walkthrough_dir, manifest)
+
+
+def _with_walkthrough_saved(walkthrough: Walkthrough, target: Path, force: bool, progress: Progress,
+                            make: Callable[[], BuildResult]) -> BuildResult:
+    """Save the walkthrough in the background while `make` runs the later stages; wait for both. An error
+    in either is raised (the stages' first: the walkthrough is still kept for a retry)."""
+    progress("save", 0, 1, "walkthrough, in the background")
+    saving = walkthrough.save_in_background(target, force=force)
+    try:
+        result = make()
+    except BaseException:
+        saving.exception()  # wait, so no half-written folder is left while the error propagates
+        raise
+    try:
+        saving.result()
+    except OSError as exc:
+        raise LyraAssetsError(f"{target}: could not write the walkthrough ({exc}); check the disk's free "
+                              "space and permissions, then run `lyra-assets build` again") from exc
+    progress("save", 1, 1, "walkthrough")
+    return result
 
 
 def _refuse_existing(paths: list[Path], force: bool) -> None:
