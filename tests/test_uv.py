@@ -6,7 +6,7 @@ import pytest
 import trimesh
 from scenes import BoxScene
 
-from lyra_assets.assets.bake import vertex_normals
+from lyra_assets.assets.surface import vertex_normals
 from lyra_assets.assets.uv import _chart_ids, tangents, unwrap
 
 

@@ -23,9 +23,10 @@ from ..errors import LyraAssetsError
 from ..progress import Progress, silent
 from ..walkthrough import Walkthrough
 from . import LevelAsset, LodLevel
-from .bake import Surface, bake_albedo, bake_normal_map, texels, vertex_normals
+from .bake import TexelLayout, bake_level
 from .collision import make_collider
 from .lod import compact, geometric_error, screen_coverages, simplify, surface_samples, welded
+from .surface import Surface, vertex_normals
 from .uv import Atlas, tangents, unwrap
 
 MIN_TEXTURE_SIZE = 64
@@ -150,25 +151,27 @@ def _own_atlas(vertices: np.ndarray, faces: np.ndarray, level: int, settings: As
 
 
 def _bake(levels: list[_Geometry], surface: Surface, walk: Walkthrough, progress: Progress) -> list[LodLevel]:
-    """Normal map for every level, albedo for every atlas (levels on an atlas share its image)."""
+    """Normal map for every level, albedo for every atlas (levels on an atlas share its image). Progress
+    counts texels of the atlases, so it moves chunk by chunk through the long levels."""
     albedo_of: dict[int, np.ndarray] = {}  # id(atlas) -> albedo image
-    total = len(levels) + len({id(g.atlas) for g in levels})
-    done = 0
-    progress("bake", done, total)
+    total, done = sum(g.size**2 for g in levels), 0
+    progress("bake", 0, total)
     lods = []
     for k, g in enumerate(levels):
-        vertices = g.vertices
-        normals = vertex_normals(vertices, g.faces)
-        frame = tangents(vertices, g.faces, normals, g.uv)
-        tex = texels(vertices, g.faces, normals, frame, g.uv, g.size)
-        hit = surface.closest(tex.points)
-        normal_map = bake_normal_map(tex, hit)
-        done += 1
-        progress("bake", done, total, f"LOD{k} normal map")
-        if id(g.atlas) not in albedo_of:  # the atlas' own level bakes first: LOD0, or a re-unwrapped one
-            albedo_of[id(g.atlas)] = bake_albedo(tex, hit, walk).image
-            done += 1
-            progress("bake", done, total, f"LOD{k} albedo")
-        lods.append(LodLevel(vertices.astype(np.float32), g.faces.astype(np.uint32), normals, g.uv, frame,
-                             albedo_of[id(g.atlas)], normal_map, screen_coverage=0.0, geometric_error=0.0))
+        normals = vertex_normals(g.vertices, g.faces)
+        frame = tangents(g.vertices, g.faces, normals, g.uv)
+        layout = TexelLayout(g.vertices, g.faces, normals, frame, g.uv, g.size)
+        # The atlas' own level bakes its albedo: LOD0, or a re-unwrapped level.
+        own_albedo = id(g.atlas) not in albedo_of
+        what = f"LOD{k} normal map" + (" and albedo" if own_albedo else "")
+
+        def report(texels: int, of: int, before: int = done, size: int = g.size, what: str = what) -> None:
+            progress("bake", before + size * size * texels // max(of, 1), total, what)
+
+        baked = bake_level(layout, surface, walk if own_albedo else None, report)
+        done += g.size**2
+        if own_albedo:
+            albedo_of[id(g.atlas)] = baked.albedo.image
+        lods.append(LodLevel(g.vertices.astype(np.float32), g.faces.astype(np.uint32), normals, g.uv, frame,
+                             albedo_of[id(g.atlas)], baked.normal_map, screen_coverage=0.0, geometric_error=0.0))
     return lods

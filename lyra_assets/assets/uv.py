@@ -24,6 +24,7 @@ import scipy.sparse.csgraph
 import xatlas
 
 from ..errors import LyraAssetsError
+from .geometry import perpendicular, unit
 
 # At most this many faces per chunk (about 600 on average). bench/bench_assets.py, 20k triangles of a fused
 # room: 1.2 s chunked against 14.7 s in one piece.
@@ -270,8 +271,8 @@ def tangents(vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, uv: n
     det = du1 * dv2 - du2 * dv1
     ok = np.abs(det) > 1e-20
     inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)[:, None]
-    face_t = _unit((e1 * dv2[:, None] - e2 * dv1[:, None]) * inv)
-    face_b = _unit((e2 * du1[:, None] - e1 * du2[:, None]) * inv)
+    face_t = unit((e1 * dv2[:, None] - e2 * dv1[:, None]) * inv)
+    face_b = unit((e2 * du1[:, None] - e1 * du2[:, None]) * inv)
     angles = _corner_angles(p)
     acc_t, acc_b = np.zeros_like(v), np.zeros_like(v)
     for corner in range(3):
@@ -281,8 +282,7 @@ def tangents(vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, uv: n
     tangent = acc_t - n * np.sum(acc_t * n, axis=1, keepdims=True)
     norm = np.linalg.norm(tangent, axis=1, keepdims=True)
     # A vertex whose UVs collapsed has no direction of its own: any perpendicular keeps the frame valid.
-    fallback = np.cross(n, np.where(np.abs(n[:, :1]) < 0.9, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]]))
-    tangent = np.where(norm > 1e-12, tangent / np.maximum(norm, 1e-30), _unit(fallback))
+    tangent = np.where(norm > 1e-12, tangent / np.maximum(norm, 1e-30), perpendicular(n))
     handed = np.where(np.sum(np.cross(n, tangent) * acc_b, axis=1) < 0, -1.0, 1.0)
     return np.hstack([tangent, handed[:, None]]).astype(np.float32)
 
@@ -290,12 +290,8 @@ def tangents(vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, uv: n
 def _corner_angles(p: np.ndarray) -> np.ndarray:
     out = np.empty(p.shape[:2])
     for k in range(3):
-        a = _unit(p[:, (k + 1) % 3] - p[:, k])
-        b = _unit(p[:, (k + 2) % 3] - p[:, k])
+        a = unit(p[:, (k + 1) % 3] - p[:, k])
+        b = unit(p[:, (k + 2) % 3] - p[:, k])
         out[:, k] = np.arccos(np.clip(np.sum(a * b, axis=1), -1.0, 1.0))
     return out
 
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.where(norm > 0, norm, 1.0)
