@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from clients import blender_import, validate
-from lyra_assets import build
+from lyra_assets import build, mesh
 from lyra_assets.assets.level import AssetSettings
 from lyra_assets.cli import main
 
@@ -97,3 +97,11 @@ def test_mesh_on_a_broken_walkthrough_names_the_file(tmp_path):
     (tmp_path / "walkthrough").mkdir()
     result = CliRunner().invoke(main, ["mesh", str(tmp_path / "walkthrough"), "-o", str(tmp_path / "o")])
     assert result.exit_code == 2 and "manifest.json: missing" in result.output
+
+
+@pytest.mark.parametrize("size", [256, 512, 1024])
+def test_small_textures_build_with_the_default_lods_and_validate(built, tmp_path, size):
+    result = mesh(built[0].walkthrough_dir, tmp_path, asset_settings=AssetSettings(texture_size=size))
+    assert [lod["texture_size"] for lod in result.manifest["lods"]][0] == size
+    issues = validate(result.glb)["issues"]
+    assert issues["numErrors"] == 0 and issues["numWarnings"] == 0, issues["messages"]

@@ -11,6 +11,9 @@
 Texture sizes halve per level (texture_size >> k, at least MIN_TEXTURE_SIZE). A level on LOD0's atlas
 bakes its normal map at its own size on LOD0's layout, so its gutters are LOD0's padding scaled down:
 with the defaults (2048 px, 4 texels) LOD1 keeps 2 texels and shares, LOD2 would keep 1 and gets its own.
+Small atlases (--texture-size 256 to 1024 leave a low level 64-128 px) whose charts do not fit are
+charted in fewer pieces, then with narrower gutters (uv.unwrap_fitting), and a level that still does not
+fit gets twice its texture size, up to LOD0's (the manifest lists each level's size).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from .bake import TexelLayout, bake_level
 from .collision import make_collider
 from .lod import compact, geometric_error, screen_coverages, simplify, surface_samples, welded
 from .surface import Surface, vertex_normals
-from .uv import Atlas, tangents, unwrap
+from .uv import Atlas, AtlasFull, tangents, unwrap_fitting
 
 MIN_TEXTURE_SIZE = 64
 # A level keeps LOD0's atlas if simplifying with the seams kept gets within 10 % of its triangle budget,
@@ -100,8 +103,8 @@ def make_level_asset(name: str, dense: trimesh.Trimesh, walk: Walkthrough,
     progress("lod", 1, n_levels, "LOD0")
 
     progress("uv", 0, 1)
-    lod0_atlas = unwrap(lod0_vertices, lod0_faces, settings.texture_size, settings.padding,
-                        settings.texels_per_metre)
+    lod0_atlas = unwrap_fitting(lod0_vertices, lod0_faces, settings.texture_size, settings.padding,
+                                settings.texels_per_metre, "LOD0")
     progress("uv", 1, 1, "LOD0 atlas")
     # Each lower level: geometry on LOD0's atlas, or faces over LOD0's welded mesh still to be unwrapped.
     # Each level on the atlas is simplified from the one before it: nested levels, and each step starts
@@ -110,7 +113,7 @@ def make_level_asset(name: str, dense: trimesh.Trimesh, walk: Walkthrough,
     previous = lod0_atlas.faces
     for k, ratio in enumerate(settings.lod_ratios, start=1):
         target = max(4, round(len(lod0_faces) * ratio))
-        gutter = settings.padding * settings.texture_size_of(k) / settings.texture_size
+        gutter = lod0_atlas.padding * settings.texture_size_of(k) / settings.texture_size
         shared = simplify(lod0_atlas.vertices, previous, target) if gutter >= MIN_SHARED_GUTTER else None
         if shared is not None and len(shared) <= SHARED_ATLAS_SLACK * target:
             kept, faces = compact(shared)
@@ -142,12 +145,19 @@ def make_level_asset(name: str, dense: trimesh.Trimesh, walk: Walkthrough,
 
 
 def _own_atlas(vertices: np.ndarray, faces: np.ndarray, level: int, settings: AssetSettings) -> _Geometry:
-    """A level simplified without LOD0's seams, unwrapped on its own at its texture size."""
+    """A level simplified without LOD0's seams, unwrapped on its own at its texture size; if its charts do
+    not fit that even with narrow gutters, at twice the size (up to LOD0's), rather than fail the build."""
     kept, local = compact(faces)
     size = settings.texture_size_of(level)
-    density = settings.texels_per_metre and settings.texels_per_metre * size / settings.texture_size
-    atlas = unwrap(vertices[kept], local, size, settings.padding, density)
-    return _Geometry(atlas, np.arange(len(atlas.vertices)), atlas.faces.astype(np.int64), size)
+    while True:
+        density = settings.texels_per_metre and settings.texels_per_metre * size / settings.texture_size
+        try:
+            atlas = unwrap_fitting(vertices[kept], local, size, settings.padding, density, f"LOD{level}")
+            return _Geometry(atlas, np.arange(len(atlas.vertices)), atlas.faces.astype(np.int64), size)
+        except AtlasFull:
+            if size >= settings.texture_size:
+                raise
+            size *= 2
 
 
 def _bake(levels: list[_Geometry], surface: Surface, walk: Walkthrough, progress: Progress) -> list[LodLevel]:
