@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from scenes import BoxScene, forward_path, sample_bilinear
 
 from lyra_assets.assets import bake, lod, surface, uv
-from lyra_assets.assets.level import AssetSettings, make_level_asset
+from lyra_assets.assets.level import make_level_asset
+from lyra_assets.settings import AssetSettings
 from lyra_assets.walkthrough import Walkthrough
 
 SCENE = BoxScene()

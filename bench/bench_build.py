@@ -38,11 +38,10 @@ TARGET_RSS_GB = {2048: 2.0, 4096: 2.5}  # at the largest frame count, and at 121
 def one_build(frames: int, texture: int, out: Path) -> dict:
     """One build in this process (the child's side): what the parent prints."""
     from lyra_assets import build
-    from lyra_assets.assets.level import AssetSettings
 
     started, cpu = time.perf_counter(), _cpu_seconds()
-    result = build(EXAMPLE, "walk_forward", out, overrides={"path": {"frames": frames}},
-                   asset_settings=AssetSettings(texture_size=texture))
+    result = build(EXAMPLE, "walk_forward", out,
+                   options={"path": {"frames": frames}, "assets": {"texture_size": texture}})
     wall, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     folder = result.glb.parent
     return {"wall": wall, "cpu": cpu, "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

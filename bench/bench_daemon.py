@@ -52,17 +52,14 @@ def direct_seconds_per_job(folder: Path, jobs: int) -> float:
     """The pipeline alone, in this process, after one warm-up job (imports, JIT compilation)."""
     import tomllib
 
-    from lyra_assets.assets.level import AssetSettings
     from lyra_assets.pipeline import build
 
     settings = tomllib.loads(SETTINGS)
-    overrides = {k: settings[k] for k in ("camera", "path")}
 
     def run(i: int) -> None:
         image = folder / f"direct {i}.png"
         image.write_bytes(concept_image(10_000 + i))
-        build(image, out_dir=folder / "out", overrides=overrides, asset_settings=AssetSettings(**settings["assets"]),
-              voxel_size=settings["voxel_size_m"])
+        build(image, out_dir=folder / "out", options=settings)
 
     run(-1)
     started = time.perf_counter()

@@ -36,7 +36,7 @@ def render_seconds(frames: int) -> float:
 def generate_seconds(frames: int) -> float:
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        generate(EXAMPLE, "walk_forward", out, overrides={"path": {"frames": frames}})
+        generate(EXAMPLE, "walk_forward", out, options={"path": {"frames": frames}})
         return time.perf_counter() - started
 
 

@@ -12,7 +12,7 @@ import bpy
 
 from . import importer, jobs
 from .importer import ImportFailed
-from .properties import PRESETS
+from .properties import CATALOGUE
 from .protocol import JobProgress, ProgressEvent
 from .runner import PipelineError
 
@@ -172,9 +172,9 @@ class LYRA_ASSETS_OT_refresh_presets(bpy.types.Operator):
     bl_description = "Ask the pipeline for its walkthrough presets again"
 
     def execute(self, context):
-        PRESETS.load(context)
-        if PRESETS.error:
-            self.report({'ERROR'}, PRESETS.error)
+        CATALOGUE.load(context)
+        if CATALOGUE.error:
+            self.report({'ERROR'}, CATALOGUE.error)
             return {'CANCELLED'}
         return {'FINISHED'}
 

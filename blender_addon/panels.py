@@ -8,7 +8,7 @@ import bpy
 
 from . import importer
 from .operators import STATE
-from .properties import PRESETS
+from .properties import CATALOGUE
 
 
 class LyraAssetsPanel:
@@ -36,8 +36,8 @@ class VIEW3D_PT_lyra_assets(LyraAssetsPanel, bpy.types.Panel):
         row = col.row(align=True)
         row.prop(settings, "preset")
         row.operator("lyra_assets.refresh_presets", text="", icon='FILE_REFRESH')
-        if PRESETS.error:
-            _wrapped(col.box(), PRESETS.error, context, icon='ERROR')
+        if CATALOGUE.error:
+            _wrapped(col.box(), CATALOGUE.error, context, icon='ERROR')
         col.prop(settings, "generator")
         col.prop(settings, "lod_count")
         camera_row = col.row()

@@ -9,26 +9,27 @@ from . import preferences, protocol
 from .runner import PipelineError, run_quick
 
 DEFAULT_PRESET = "DEFAULT"
-# Generators the pipeline knows by name (DESIGN.md); the field takes any name, and the pipeline itself says
-# when one is unknown or not installed.
-KNOWN_GENERATORS = ("layout", "diffusers", "lyra2")
 
 
-class PresetCache:
-    """`lyra-assets presets list --json`, asked once per pipeline and again on Refresh, not on every redraw.
+class Catalogue:
+    """What the pipeline offers, asked of it (`lyra-assets presets list --json`, `generators list --json`) once
+    per pipeline and again on Refresh, not on every redraw: the add-on keeps no list of its own.
 
     Blender reads the strings of dynamic enum items without owning them, so the item tuples are kept here."""
 
     def __init__(self) -> None:
         self.items: list[tuple[str, str, str, int]] | None = None
+        self.generators: list[protocol.GeneratorInfo] = []
         self.error = ""
-        self._asked: list[str] | None = None  # the pipeline command the items came from
+        self._asked: list[str] | None = None  # the pipeline command the lists came from
 
     def load(self, context) -> None:
         prefs = preferences.get(context)
         self._asked, self.error, found = _pipeline(context), "", []
         try:
-            found = protocol.parse_presets(run_quick(protocol.presets_command(prefs.base_command())))
+            base = prefs.base_command()
+            found = protocol.parse_presets(run_quick(protocol.presets_command(base)))
+            self.generators = protocol.parse_generators(run_quick(protocol.generators_command(base)))
         except (PipelineError, ValueError) as exc:
             self.error = str(exc)
         default = (f"{prefs.default_preset}, from the add-on's preferences" if prefs.default_preset
@@ -38,10 +39,17 @@ class PresetCache:
             (p.name, p.name, f"{p.description} ({p.motion}, {p.frames} frames)", _enum_number(p.name))
             for p in found]
 
-    def enum_items(self, context) -> list[tuple[str, str, str, int]]:
+    def _current(self, context) -> None:
         if self.items is None or self._asked != _pipeline(context):  # the preferences name another pipeline
             self.load(context)
+
+    def preset_items(self, context) -> list[tuple[str, str, str, int]]:
+        self._current(context)
         return self.items
+
+    def generator_names(self, context) -> list[tuple[str, str]]:
+        self._current(context)
+        return [(g.name, f"{g.summary}{' (needs a GPU)' if g.needs_gpu else ''}") for g in self.generators]
 
 
 def _pipeline(context) -> list[str] | None:
@@ -55,15 +63,15 @@ def _enum_number(name: str) -> int:
     return zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF or 1  # 0 belongs to DEFAULT
 
 
-PRESETS = PresetCache()
+CATALOGUE = Catalogue()
 
 
 def _preset_items(self, context):
-    return PRESETS.enum_items(context)
+    return CATALOGUE.preset_items(context)
 
 
 def _generator_names(self, context, edit_text):
-    return [name for name in KNOWN_GENERATORS if edit_text in name]
+    return [item for item in CATALOGUE.generator_names(context) if edit_text in item[0]]
 
 
 class LyraAssetsSettings(bpy.types.PropertyGroup):

@@ -149,6 +149,27 @@ def presets_command(base: list[str]) -> list[str]:
     return [*base, "presets", "list", "--json"]
 
 
+def generators_command(base: list[str]) -> list[str]:
+    return [*base, "generators", "list", "--json"]
+
+
+@dataclass(frozen=True)
+class GeneratorInfo:
+    name: str
+    summary: str
+    needs_gpu: bool
+
+
+def parse_generators(text: str) -> list[GeneratorInfo]:
+    """The output of `lyra-assets generators list --json`: a JSON list of {name, summary, needs_gpu, ...}."""
+    try:
+        return [GeneratorInfo(str(row["name"]), str(row.get("summary", "")), bool(row.get("needs_gpu", False)))
+                for row in json.loads(text)]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"`generators list --json` printed something that is not a list of generators ({exc})") \
+            from exc
+
+
 @dataclass(frozen=True)
 class PresetInfo:
     name: str

@@ -93,13 +93,15 @@ def main(json_progress: bool) -> None:
 def job_options(command):
     """The options that say what to generate: shared by `generate` and `build`."""
     options = [
-        click.argument("image", type=click.Path(path_type=Path)),
         click.option("--preset", "-p", help="Walkthrough preset (see `lyra-assets presets list`). [walk_forward]"),
-        click.option("--generator", "-g", help="Image-to-world generator. [layout]"),
+        click.option("--generator", "-g", help="Image-to-world generator (see `lyra-assets generators list`). "
+                                               "[layout]"),
+        click.option("--prompt", help="Text for generators that take one (e.g. lyra2)."),
         click.option("--sidecar", type=click.Path(path_type=Path),
                      help="Settings file (default: IMAGE's .toml/.json)."),
         click.option("--trajectory", type=click.Path(path_type=Path),
-                     help="Camera path as a Lyra 2.0 trajectory.npz, instead of the preset's motion."),
+                     help="Camera path as a Lyra 2.0 trajectory.npz, instead of the preset's motion "
+                          "(resampled to --frames if given)."),
         click.option("--frames", type=int, help="Number of frames (overrides the preset)."),
         click.option("--lyra-frames", is_flag=True, help="Round the frame count to Lyra 2.0's 1 + 80k."),
         click.option("--fov", type=float, help="Horizontal field of view of the concept image, degrees."),
@@ -119,58 +121,82 @@ def output_options(command):
 def asset_options(command):
     """The options of the asset stages: shared by `build` and `mesh`."""
     options = [
-        click.option("--voxel-size", type=click.FloatRange(min=0, min_open=True),
-                     help="Fusion voxel size in metres. [from the scene's extent]"),
+        click.option("--voxel-size", type=float, help="Fusion voxel size in metres. [from the scene's extent]"),
         click.option("--lod0-triangles", type=int, help="Triangle budget of LOD0. [150000]"),
-        click.option("--texture-size", type=int, help="Texture size of LOD0 in texels. [2048]"),
-        click.option("--lods", type=click.IntRange(2, 8), help="Levels of detail, LOD0 included. [4]"),
+        click.option("--texture-size", type=int, help="Texture size of LOD0 in texels, a power of two. [2048]"),
+        click.option("--lods", type=int, help="Levels of detail, LOD0 included, 2 to 8. [4]"),
+        click.option("--format", "formats", multiple=True, type=click.Choice(["glb", "usd"]),
+                     help="Also write this format (repeatable): usd = <name>.usdz with physics. [glb]"),
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def _asset_settings(lod0_triangles: int | None, texture_size: int | None, lods: int | None):
-    from .assets.level import AssetSettings
-
-    given = {"lod0_triangles": lod0_triangles, "texture_size": texture_size,
-             # each further level keeps a quarter of the triangles, close to the default 25 %, 6 %, 1.5 %
-             "lod_ratios": None if lods is None else tuple(0.25**k for k in range(1, lods))}
-    return AssetSettings(**{k: v for k, v in given.items() if v is not None})
+def settings_from_options(given: dict[str, Any]) -> dict[str, Any]:
+    """The command line's options as a layer of settings, in the sidecar's shape (job.py validates it)."""
+    where = {"preset": (), "generator": (), "prompt": (), "frames": ("path",), "lyra_frames": ("path",),
+             "fov": ("camera",), "voxel_size": ("fusion",), "lod0_triangles": ("assets",),
+             "texture_size": ("assets",), "lods": ("assets",), "formats": ("export",)}
+    names = {"lyra_frames": "lyra_frame_count", "fov": "hfov_deg", "voxel_size": "voxel_size_m"}
+    table: dict[str, Any] = {}
+    for option, value in given.items():
+        if value is None or value is False or value == () or option not in where:
+            continue
+        section = table
+        for key in where[option]:
+            section = section.setdefault(key, {})
+        section[names.get(option, option)] = value
+    return table
 
 
 @main.command()
+@click.argument("image", type=click.Path(path_type=Path))
 @job_options
 @output_options
 @click.pass_context
-def generate(ctx: click.Context, image: Path, preset: str | None, generator: str | None, sidecar: Path | None,
-             trajectory: Path | None, frames: int | None, lyra_frames: bool, fov: float | None,
-             preset_dirs: tuple[Path, ...], out_dir: Path, force: bool) -> None:
+def generate(ctx: click.Context, image: Path, sidecar: Path | None, trajectory: Path | None,
+             preset_dirs: tuple[Path, ...], out_dir: Path, force: bool, **options: Any) -> None:
     """Walk a camera through IMAGE: writes OUT/<name>/walkthrough/."""
-    from .pipeline import generate as run_generate
-
     with reporting(ctx) as progress:
-        result = run_generate(image, preset, out_dir, generator, sidecar, trajectory, list(preset_dirs),
-                              _overrides(frames, lyra_frames, fov), force, progress)
+        from .job import resolve_job
+
+        spec = resolve_job(image, settings_from_options(options), sidecar=sidecar, trajectory=trajectory,
+                           preset_dirs=list(preset_dirs))
+        from .pipeline import generate as run_generate
+
+        result = run_generate(spec, out_dir=out_dir, force=force, progress=progress)
         finish(ctx, f"walkthrough: {result.walkthrough_dir}", {"walkthrough": str(result.walkthrough_dir)})
 
 
 @main.command()
+@click.argument("image", type=click.Path(path_type=Path), required=False)
 @job_options
 @output_options
 @asset_options
+@click.option("--from-manifest", type=click.Path(path_type=Path),
+              help="Build again what a manifest.json records (same image, settings and key).")
 @click.pass_context
-def build(ctx: click.Context, image: Path, preset: str | None, generator: str | None, sidecar: Path | None,
-          trajectory: Path | None, frames: int | None, lyra_frames: bool, fov: float | None,
-          preset_dirs: tuple[Path, ...], out_dir: Path, force: bool, voxel_size: float | None,
-          lod0_triangles: int | None, texture_size: int | None, lods: int | None) -> None:
+def build(ctx: click.Context, image: Path | None, sidecar: Path | None, trajectory: Path | None,
+          preset_dirs: tuple[Path, ...], out_dir: Path, force: bool, from_manifest: Path | None,
+          **options: Any) -> None:
     """IMAGE to a game-ready glTF: writes OUT/<name>/<name>.glb, manifest.json, preview.png, walkthrough/."""
-    from .pipeline import build as run_build
-
     with reporting(ctx) as progress:
-        result = run_build(image, preset, out_dir, generator, sidecar, trajectory, list(preset_dirs),
-                           _overrides(frames, lyra_frames, fov), _asset_settings(lod0_triangles, texture_size, lods),
-                           voxel_size, force, progress)
+        from .job import resolve_job
+
+        layer = settings_from_options(options)
+        if from_manifest is not None:
+            if image or sidecar or trajectory or preset_dirs or layer:
+                raise LyraAssetsError("--from-manifest builds exactly what the manifest records; give it alone "
+                                      "(with -o and --force if needed)")
+            spec = _recorded_spec(from_manifest)
+        elif image is None:
+            raise LyraAssetsError("give the concept IMAGE to build (or --from-manifest out/<name>/manifest.json)")
+        else:
+            spec = resolve_job(image, layer, sidecar=sidecar, trajectory=trajectory, preset_dirs=list(preset_dirs))
+        from .pipeline import build as run_build
+
+        result = run_build(spec, out_dir=out_dir, force=force, progress=progress)
         finish(ctx, f"asset: {result.glb}", result.outputs)
 
 
@@ -180,27 +206,52 @@ def build(ctx: click.Context, image: Path, preset: str | None, generator: str | 
 @asset_options
 @click.option("--name", help="Asset name. [the walkthrough's parent folder]")
 @click.pass_context
-def mesh(ctx: click.Context, walkthrough: Path, out_dir: Path, force: bool, voxel_size: float | None,
-         lod0_triangles: int | None, texture_size: int | None, lods: int | None, name: str | None) -> None:
+def mesh(ctx: click.Context, walkthrough: Path, out_dir: Path, force: bool, name: str | None,
+         **options: Any) -> None:
     """The asset stages alone, on a saved WALKTHROUGH folder: writes OUT/<name>/<name>.glb."""
-    from .pipeline import mesh as run_mesh
-
     with reporting(ctx) as progress:
-        result = run_mesh(walkthrough, out_dir, name, _asset_settings(lod0_triangles, texture_size, lods), voxel_size,
-                          force, progress)
+        if not walkthrough.is_dir():
+            raise LyraAssetsError(f"{walkthrough}: not a walkthrough folder (run `lyra-assets generate` to make one)")
+        from .pipeline import mesh as run_mesh
+
+        result = run_mesh(walkthrough, out_dir, name, options=settings_from_options(options), force=force,
+                          progress=progress)
         finish(ctx, f"asset: {result.glb}", result.outputs)
 
 
-def _overrides(frames: int | None, lyra_frames: bool, fov: float | None) -> dict[str, Any]:
-    path: dict[str, Any] = {}
-    if frames is not None:
-        path["frames"] = frames
-    if lyra_frames:
-        path["lyra_frame_count"] = True
-    overrides: dict[str, Any] = {"path": path} if path else {}
-    if fov is not None:
-        overrides["camera"] = {"hfov_deg": fov}
-    return overrides
+def _recorded_spec(manifest_path: Path):
+    from .provenance import Provenance
+
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LyraAssetsError(f"{manifest_path}: not a readable manifest.json ({exc})") from exc
+    if not isinstance(manifest, dict) or "provenance" not in manifest:
+        raise LyraAssetsError(f"{manifest_path}: has no provenance record; give the manifest.json of a build")
+    return Provenance.from_json(manifest["provenance"], str(manifest_path)).spec()
+
+
+@main.group()
+def generators() -> None:
+    """List the image-to-world generators."""
+
+
+@generators.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def generators_list(ctx: click.Context, as_json: bool) -> None:
+    """The generators, and which need a GPU."""
+    from . import generators as registry
+
+    with reporting(ctx):
+        found = registry.available()
+        if as_json:
+            click.echo(json.dumps([g.to_json() | {"default": g.name == registry.DEFAULT} for g in found], indent=2))
+        else:
+            for g in found:
+                gpu = "GPU" if g.needs_gpu else "CPU"
+                default = " (default)" if g.name == registry.DEFAULT else ""
+                click.echo(f"{g.name:<8} {gpu}  {g.summary}{default}")
 
 
 @main.group()

@@ -5,25 +5,35 @@ The command line, the drop-folder daemon and the Blender add-on all call these f
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from . import __version__, generators
-from .assets.level import AssetSettings, make_level_asset
+from .assets.collision import spawn_clearance
+from .assets.level import make_level_asset
 from .errors import LyraAssetsError
 from .export.gltf import write_glb
 from .export.preview import render_preview
+from .export.splats import export_splats
 from .files import write_json_atomically
-from .job import Job, load_job, safe_name
+from .images import load_concept_image
+from .job import JobSpec, resolve_job, safe_name
 from .motions import camera_path, keep_clear
+from .presets import deep_merge
 from .progress import Progress, silent
+from .provenance import Provenance
+from .settings import TABLES, validated
 from .reconstruct.fusion import fuse
-from .splats import export_splats
 from .walkthrough import Walkthrough
+
+
+MESH_OPTIONS = tuple(TABLES)  # what `mesh` may change of a saved walkthrough's job
 
 
 @dataclass(frozen=True)
@@ -39,113 +49,183 @@ class BuildResult:
     preview: Path
     walkthrough_dir: Path
     manifest: dict[str, Any]
+    usd: Path | None = None  # when the job asked for USD too
 
     @property
     def outputs(self) -> dict[str, str]:
-        return {"glb": str(self.glb), "manifest": str(self.manifest_path), "preview": str(self.preview),
+        usd = {} if self.usd is None else {"usd": str(self.usd)}
+        return {"glb": str(self.glb), **usd, "manifest": str(self.manifest_path), "preview": str(self.preview),
                 "walkthrough": str(self.walkthrough_dir)}
 
 
-def walk(job: Job, progress: Progress = silent) -> Walkthrough:
+def walk(spec: JobSpec, progress: Progress = silent) -> Walkthrough:
     """Run the job's generator along the preset's (or the given) camera path."""
     started = time.perf_counter()
-    generator = generators.create(job.generator, job.preset, job.generator_settings,
-                                  source=f"{job.sidecar or 'settings'}")
-    if hasattr(generator, "set_text"):  # generators that take text: the job's prompt, or a caption file
-        generator.set_text(job.prompt, job.image_path)
-    if getattr(generator, "notice", None):  # e.g. a model licence the user must know of; the CLI prints it
+    image = load_concept_image(spec.image_path)  # checked before any other work: a bad image costs nothing
+    if image.sha256 != spec.image_sha256:
+        raise LyraAssetsError(f"{spec.image_path}: the image changed since the job was set up (its bytes differ); "
+                              f"start the job again")
+    generator = generators.create(spec.generator, spec.preset, spec.generator_settings,
+                                  source=f"{spec.sidecar or 'settings'}")
+    if generator.takes_prompt:  # the job's prompt, or a caption file next to the image
+        generator.set_text(spec.prompt, spec.image_path)
+    if generator.notice:  # e.g. a model licence the user must know of; the CLI prints it
         progress("notice", 1, 1, generator.notice)
-    progress("survey", 0, 1, f"{job.generator}: reading the scene")
-    space = generator.survey(job.image)
-    if job.trajectory is None:
-        path, path_notes = camera_path(job.preset, space)
+    progress("survey", 0, 1, f"{spec.generator}: reading the scene")
+    space = generator.survey(image)
+    if spec.path_file is None:
+        path, path_notes = camera_path(spec.preset, space)
+    elif spec.trajectory is None:
+        raise LyraAssetsError(f"{spec.path_file.file}: the job's camera path file is gone; put it back to "
+                              f"generate this job again")
     else:
-        path, path_notes = keep_clear(job.trajectory, space, job.preset.scene.margin_m, {"motion": "from file"})
+        path, path_notes = keep_clear(spec.trajectory, space, spec.preset.scene.margin_m,
+                                      {"motion": "from file", **spec.path_file.to_json()})
     progress("survey", 1, 1, f"{len(path)} cameras")
-    walkthrough = generator.generate(job.image, path, progress)
-    walkthrough.info.update({
-        "tool": {"name": "lyra-assets", "version": __version__},
-        "job_key": job.key,
-        "inputs": {"image": str(job.image_path), "image_sha256": job.image.sha256,
-                   "sidecar": None if job.sidecar is None else str(job.sidecar)},
-        "settings": job.settings,
-        "camera_path": path_notes,
-    })
+    walkthrough = generator.generate(image, path, progress)
+    walkthrough.info.update({"tool": {"name": "lyra-assets", "version": __version__}, "job_key": spec.key,
+                             "provenance": Provenance.of(spec, generator.licence).to_json(),
+                             "camera_path": path_notes})
     walkthrough.info.setdefault("timings_s", {})["walk_total"] = round(time.perf_counter() - started, 3)
     return walkthrough
 
 
-def generate(image: str | Path, preset: str | None = None, out_dir: str | Path = "out",
-             generator: str | None = None, sidecar: str | Path | None = None,
-             trajectory: str | Path | None = None, preset_dirs: list[Path] | None = None,
-             overrides: dict[str, Any] | None = None, force: bool = False,
-             progress: Progress = silent) -> GenerateResult:
-    """Concept image -> out_dir/<name>/walkthrough/ (frames, depth, cameras, previews, manifest)."""
-    job = load_job(image, preset, generator, sidecar, trajectory, preset_dirs, overrides)
-    target = Path(out_dir) / job.name / "walkthrough"
+def job_spec(image: str | Path | JobSpec, preset: str | None = None, generator: str | None = None,
+             options: dict[str, Any] | None = None, **resolve: Any) -> JobSpec:
+    """A spec as it is, or one resolved from an image; `preset` and `generator` are options too."""
+    if isinstance(image, JobSpec):
+        if preset or generator or options or resolve:
+            raise TypeError("give either a JobSpec or an image with its settings, not both")
+        return image
+    named = {k: v for k, v in (("preset", preset), ("generator", generator)) if v}
+    return resolve_job(image, deep_merge(options or {}, named), **resolve)
+
+
+def generate(image: str | Path | JobSpec, preset: str | None = None, out_dir: str | Path = "out",
+             generator: str | None = None, *, options: dict[str, Any] | None = None, force: bool = False,
+             progress: Progress = silent, **resolve: Any) -> GenerateResult:
+    """Concept image -> out_dir/<name>/walkthrough/ (frames, depth, cameras, previews, manifest).
+    `resolve` takes resolve_job's keywords (sidecar, trajectory, preset_dirs, ...)."""
+    spec = job_spec(image, preset, generator, options, **resolve)
+    target = Path(out_dir) / spec.name / "walkthrough"
     _refuse_existing([target], force)
-    walkthrough = walk(job, progress)
+    walkthrough = walk(spec, progress)
     progress("save", 0, 1, str(target))
     walkthrough.save(target, force=force)
     progress("save", 1, 1, str(target))
     return GenerateResult(target, walkthrough.info)
 
 
-def build(image: str | Path, preset: str | None = None, out_dir: str | Path = "out",
-          generator: str | None = None, sidecar: str | Path | None = None,
-          trajectory: str | Path | None = None, preset_dirs: list[Path] | None = None,
-          overrides: dict[str, Any] | None = None, asset_settings: AssetSettings | None = None,
-          voxel_size: float | None = None, force: bool = False, progress: Progress = silent) -> BuildResult:
-    """Concept image -> out_dir/<name>/<name>.glb, with manifest.json, preview.png and walkthrough/."""
-    job = load_job(image, preset, generator, sidecar, trajectory, preset_dirs, overrides)
-    folder = Path(out_dir) / job.name
-    _refuse_existing([folder / "walkthrough", folder / f"{job.name}.glb"], force)
-    walkthrough = walk(job, progress)
-    return _with_walkthrough_saved(walkthrough, folder / "walkthrough", force, progress, lambda: _make_asset(
-        walkthrough, folder / "walkthrough", folder, job.name, asset_settings, voxel_size, force, progress))
+def build(image: str | Path | JobSpec, preset: str | None = None, out_dir: str | Path = "out",
+          generator: str | None = None, *, options: dict[str, Any] | None = None, force: bool = False,
+          progress: Progress = silent, **resolve: Any) -> BuildResult:
+    """Concept image -> out_dir/<name>/<name>.glb, with manifest.json, preview.png and walkthrough/.
+
+    A walkthrough this same job saved before (a build that failed in the asset stages) is used again."""
+    spec = job_spec(image, preset, generator, options, **resolve)
+    folder = Path(out_dir) / spec.name
+    _refuse_existing(_export_paths(folder, spec.name, spec), force)
+    saved = _saved_walk(folder / "walkthrough", spec)
+    if saved is None:
+        _refuse_existing([folder / "walkthrough"], force)
+        walkthrough = walk(spec, progress)
+    else:
+        progress("survey", 1, 1, "using the walkthrough this job saved before")
+        walkthrough = saved
+    provenance = Provenance.from_json(walkthrough.info["provenance"], str(folder / "walkthrough"))
+
+    def make_asset() -> BuildResult:
+        return _make_asset(walkthrough, folder / "walkthrough", folder, spec.name, provenance.respecified(spec),
+                           force, progress)
+
+    if saved is not None:
+        return make_asset()
+    return _with_walkthrough_saved(walkthrough, folder / "walkthrough", force, progress, make_asset)
 
 
-def mesh(walkthrough_dir: str | Path, out_dir: str | Path = "out", name: str | None = None,
-         asset_settings: AssetSettings | None = None, voxel_size: float | None = None, force: bool = False,
-         progress: Progress = silent) -> BuildResult:
-    """A saved walkthrough folder -> out_dir/<name>/<name>.glb (+ manifest.json, preview.png)."""
+def mesh(walkthrough_dir: str | Path, out_dir: str | Path = "out", name: str | None = None, *,
+         options: dict[str, Any] | None = None, force: bool = False, progress: Progress = silent) -> BuildResult:
+    """A saved walkthrough folder -> out_dir/<name>/<name>.glb (+ manifest.json, preview.png).
+    `options` may set [assets], [fusion] and [export]; the walkthrough's own settings stay as recorded."""
     walkthrough_dir = Path(walkthrough_dir)
+    unknown = set(options or {}) - set(MESH_OPTIONS)
+    if unknown:
+        raise LyraAssetsError(f"a saved walkthrough keeps its own {', '.join(sorted(unknown))} settings; "
+                              f"`mesh` can change only {', '.join(MESH_OPTIONS)}")
+    for key, table in (options or {}).items():  # refused before the walkthrough is read
+        validated(TABLES[key], table, "command-line options", f"[{key}]")
     walkthrough = Walkthrough.load(walkthrough_dir)
+    provenance = _recorded_provenance(walkthrough, walkthrough_dir, options)
     if name is None:
         parent = walkthrough_dir.resolve()
         name = safe_name(parent.parent.name if parent.name == "walkthrough" else parent.name)
     folder = Path(out_dir) / name
-    _refuse_existing([folder / f"{name}.glb"], force)
-    return _make_asset(walkthrough, walkthrough_dir, folder, name, asset_settings, voxel_size, force, progress)
+    _refuse_existing(_export_paths(folder, name, provenance.spec()), force)
+    return _make_asset(walkthrough, walkthrough_dir, folder, name, provenance, force, progress)
 
 
-def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, name: str,
-                settings: AssetSettings | None, voxel_size: float | None, force: bool,
-                progress: Progress) -> BuildResult:
-    settings = settings or AssetSettings()
+def _export_paths(folder: Path, name: str, spec: JobSpec) -> list[Path]:
+    """The asset files the job writes: the GLB, then the USD package when asked for."""
+    if "usd" not in spec.export.formats:
+        return [folder / f"{name}.glb"]
+    from .export import usd  # noqa: F401  usd-core is optional: a missing one is reported here, before any work
+
+    return [folder / f"{name}.glb", folder / f"{name}.usdz"]
+
+
+def _recorded_provenance(walkthrough: Walkthrough, folder: Path, options: dict[str, Any] | None) -> Provenance:
+    """The walkthrough's record with new asset options; for a walkthrough made by another tool, a record of
+    its input image under the built-in settings."""
+    if "provenance" in walkthrough.info:
+        recorded = Provenance.from_json(walkthrough.info["provenance"], str(folder / "manifest.json"))
+        return recorded.respecified(recorded.spec(options))
+    image = folder / "input.png"
+    record = {"image": str(image), "image_sha256": hashlib.sha256(image.read_bytes()).hexdigest(),
+              "name": safe_name(folder.name), "settings": {}}
+    spec = JobSpec.from_record(record, options, source=f"{folder} (made by another tool)")
+    made_by = walkthrough.info.get("generator") or {}
+    return Provenance(spec.key, f"lyra-assets {__version__}", str(made_by.get("name", "unknown")),
+                      str(made_by.get("version", "unknown")), str(made_by.get("licence", "unknown")),
+                      "unknown", spec.to_record())
+
+
+def _saved_walk(folder: Path, spec: JobSpec) -> Walkthrough | None:
+    """The walkthrough in `folder`, if this same job (same image, walk settings and path) saved it."""
+    try:
+        info = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        recorded = Provenance.from_json(info["provenance"], str(folder)).spec()
+    except (OSError, ValueError, KeyError, LyraAssetsError):
+        return None
+    if recorded.walk_key != spec.walk_key:
+        return None
+    return Walkthrough.load(folder)
+
+
+def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, name: str, provenance: Provenance,
+                force: bool, progress: Progress) -> BuildResult:
+    spec = provenance.spec()
     timings = dict(walkthrough.info.get("timings_s", {}))
 
     started = time.perf_counter()
-    fused = fuse(walkthrough, voxel_size, progress=progress)
+    fused = fuse(walkthrough, spec.fusion.voxel_size_m, progress=progress)
     timings["fuse"] = round(time.perf_counter() - started, 3)
 
     started = time.perf_counter()
-    asset = make_level_asset(name, fused.mesh, walkthrough, settings, progress)
+    asset = make_level_asset(name, fused.mesh, walkthrough, spec.assets, progress)
     timings["assets"] = round(time.perf_counter() - started, 3)
-    generator = walkthrough.info.get("generator", {})
-    settings_used = walkthrough.info.get("settings", {})
-    asset.extras = {
-        "generator": generator.get("name"), "generator_version": generator.get("version"),
-        "model_licence": generator.get("licence"),
-        "preset": settings_used.get("preset", {}).get("name"), "job_key": walkthrough.info.get("job_key"),
-        "tool": f"lyra-assets {__version__}",
-    }
+    asset.extras = provenance.extras()
 
     started = time.perf_counter()
     progress("export", 0, 2, "glTF")
-    glb = folder / f"{name}.glb"
+    glb, *usd = _export_paths(folder, name, spec)
     summary = write_glb(asset, glb)
     outputs = {"glb": {"file": glb.name, "bytes": summary["bytes"]}}
+    if usd:
+        from .export.usd import write_usd  # usd-core is optional: imported only when USD is asked for
+
+        progress("export", 0, 2, "USD")
+        summary = write_usd(asset, usd[0])
+        outputs["usd"] = {"file": usd[0].name, "bytes": summary["bytes"], "root": summary["root"]}
     if walkthrough.splats is not None:  # next to the GLB, in its frame: Y up, metres
         splats_file = folder / f"{name}.splats.ply"
         export_splats(walkthrough.splats, splats_file)
@@ -161,24 +241,25 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
     manifest = {
         "tool": {"name": "lyra-assets", "version": __version__},
         "asset": name,
-        "job_key": walkthrough.info.get("job_key"),
-        "generator": generator,
-        "inputs": walkthrough.info.get("inputs"),
-        "settings": {**settings_used, "voxel_size_m": fused.voxel_size, "assets": asdict(settings)},
+        "job_key": provenance.job_key,
+        "provenance": provenance.to_json(),
+        "generator": walkthrough.info.get("generator"),
         "camera_path": walkthrough.info.get("camera_path"),
         "fusion": {"voxel_size_m": fused.voxel_size, "triangles": int(len(fused.mesh.faces)),
                    "notes": fused.notes},
         "lods": [{"node": f"{name}_LOD{i}", "triangles": int(len(lod.faces)), "vertices": int(len(lod.vertices)),
                   "texture_size": int(lod.albedo.shape[0]), "screen_coverage": lod.screen_coverage,
                   "geometric_error_m": lod.geometric_error} for i, lod in enumerate(asset.lods)],
-        "collider": {"node": f"{name}_collider", "triangles": int(len(asset.collider.faces))},
+        "collider": {"node": f"{name}_collider", "triangles": int(len(asset.collider.faces)), **asset.collider.notes},
+        # For robots: a ray down from the spawn (the first camera) to the collider's floor, and up to its ceiling.
+        "spawn": {"camera": 0, **spawn_clearance(asset.collider)},
         "timings_s": timings,
         "outputs": {**outputs, "preview": {"file": preview.name, "bytes": preview.stat().st_size},
                     "walkthrough": {"folder": str(walkthrough_dir)}},
     }
     manifest_path = folder / "manifest.json"
     write_json_atomically(manifest_path, manifest)
-    return BuildResult(glb, manifest_path, preview, walkthrough_dir, manifest)
+    return BuildResult(glb, manifest_path, preview, walkthrough_dir, manifest, usd[0] if usd else None)
 
 
 def _with_walkthrough_saved(walkthrough: Walkthrough, target: Path, force: bool, progress: Progress,

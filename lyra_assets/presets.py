@@ -23,7 +23,7 @@ MOTIONS = ("dolly", "yaw", "orbit", "out_and_back", "strafe", "zoom")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # nan: "not finite", not "> 100"
 
 
 class CameraSettings(_Strict):
@@ -60,6 +60,7 @@ class Preset(_Strict):
 
 
 PRESET_SECTIONS = ("camera", "path", "scene")
+ASSET_SECTIONS = ("assets", "fusion")  # a preset may also say how its asset is made (validated in settings.py)
 
 
 def preset_dirs(extra: list[Path] | None = None) -> list[Path]:
@@ -85,11 +86,24 @@ def load_preset(name: str, extra_dirs: list[Path] | None = None, overrides: dict
     """The named preset with its parents merged in, then `overrides` (a sidecar's sections) on top."""
     known = available_presets(extra_dirs)
     raw = _resolved_raw(name, known, chain=())
+    for section in ASSET_SECTIONS:
+        raw.pop(section, None)
     preset = _validate(raw, str(known[name]))
     if not overrides:
         return preset
     merged = deep_merge(preset.model_dump(), overrides)
     return _validate(merged, overrides_source)
+
+
+def preset_table(name: str, extra_dirs: list[Path] | None = None) -> dict[str, Any]:
+    """The named preset as a layer of settings: its sections, [assets] and [fusion], its parents merged in."""
+    known = available_presets(extra_dirs)
+    raw = _resolved_raw(name, known, chain=())
+    load_preset(name, extra_dirs)  # its own sections are checked against the schema, naming its file
+    for section in ASSET_SECTIONS:
+        if not isinstance(raw.get(section, {}), dict):
+            raise LyraAssetsError(f"{known[name]}: [{section}] must be a table")
+    return {k: v for k, v in raw.items() if k in PRESET_SECTIONS + ASSET_SECTIONS}
 
 
 def _resolved_raw(name: str, known: dict[str, Path], chain: tuple[str, ...]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import LyraAssetsError
 from .files import read_npz, write_atomically
+from .rotations import quaternion_from_matrix, quaternion_matrices
 
 LYRA_CHUNK = 80  # Lyra 2.0 generates 80 new frames per chunk after the first frame
 
@@ -114,6 +115,12 @@ class CameraPath:
         K = self.K[i0] * (1 - t)[:, None, None] + self.K[i0 + 1] * t[:, None, None]
         return CameraPath(c2w, K, self.width, self.height, self.fps)
 
+    def resized(self, width: int, height: int) -> "CameraPath":
+        """The same cameras for frames of another size: the intrinsics scaled with it (pixels are square only
+        if the aspect ratio is kept)."""
+        scale = np.diag([width / self.width, height / self.height, 1.0])
+        return CameraPath(self.c2w, scale @ self.K, width, height, self.fps)
+
     def with_lyra_frame_count(self) -> "CameraPath":
         """Resampled to the nearest frame count Lyra 2.0 accepts (1 + 80k)."""
         return self.resampled(lyra_frame_count(len(self)))
@@ -207,7 +214,7 @@ def yaw_pose(yaw_rad: float, position: np.ndarray) -> np.ndarray:
 
 def interpolate_pose(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     """Pose between a (t=0) and b (t=1): translation linear, rotation by quaternion slerp."""
-    qa, qb = _quaternion(a[:3, :3]), _quaternion(b[:3, :3])
+    qa, qb = quaternion_from_matrix(a[:3, :3]), quaternion_from_matrix(b[:3, :3])
     if np.dot(qa, qb) < 0:
         qb = -qb
     dot = float(np.clip(np.dot(qa, qb), -1.0, 1.0))
@@ -217,7 +224,7 @@ def interpolate_pose(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
         theta = math.acos(dot)
         q = (math.sin((1 - t) * theta) * qa + math.sin(t * theta) * qb) / math.sin(theta)
     pose = np.eye(4)
-    pose[:3, :3] = _rotation(q / np.linalg.norm(q))
+    pose[:3, :3] = quaternion_matrices(q / np.linalg.norm(q))[0]
     pose[:3, 3] = (1 - t) * a[:3, 3] + t * b[:3, 3]
     return pose
 
@@ -230,22 +237,3 @@ def ease(t: np.ndarray, kind: str) -> np.ndarray:
     if kind == "smooth":
         return 0.5 - 0.5 * np.cos(np.pi * t)
     raise LyraAssetsError(f"unknown easing {kind!r}; use 'linear' or 'smooth'")
-
-
-def _quaternion(R: np.ndarray) -> np.ndarray:
-    """Rotation matrix to unit quaternion (w, x, y, z)."""
-    w = math.sqrt(max(0.0, 1.0 + R[0, 0] + R[1, 1] + R[2, 2])) / 2.0
-    x = math.copysign(math.sqrt(max(0.0, 1.0 + R[0, 0] - R[1, 1] - R[2, 2])) / 2.0, R[2, 1] - R[1, 2])
-    y = math.copysign(math.sqrt(max(0.0, 1.0 - R[0, 0] + R[1, 1] - R[2, 2])) / 2.0, R[0, 2] - R[2, 0])
-    z = math.copysign(math.sqrt(max(0.0, 1.0 - R[0, 0] - R[1, 1] + R[2, 2])) / 2.0, R[1, 0] - R[0, 1])
-    q = np.array([w, x, y, z])
-    return q / np.linalg.norm(q)
-
-
-def _rotation(q: np.ndarray) -> np.ndarray:
-    w, x, y, z = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])

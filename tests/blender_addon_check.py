@@ -97,14 +97,16 @@ def build_job(spec):
     settings = bpy.context.scene.lyra_assets
     settings.image_source, settings.image_path = 'FILE', spec["image"]
     settings.preset, settings.generator = "walk_forward", "layout"  # an enum: only a listed preset is taken
-    presets = [item[0] for item in addon("properties").PRESETS.enum_items(bpy.context)]
+    catalogue = addon("properties").CATALOGUE
+    presets = [item[0] for item in catalogue.preset_items(bpy.context)]
+    generators = [name for name, _ in catalogue.generator_names(bpy.context)]
     settings.lod0_triangles, settings.texture_size = spec["lod0_triangles"], spec["texture_size"]
     settings.use_camera_path = False
     before = set(bpy.data.objects)
     result = bpy.ops.lyra_assets.generate('INVOKE_DEFAULT')
     objects = [obj for obj in bpy.data.objects if obj not in before]
     root = bpy.context.view_layer.objects.active
-    summary = {"result": sorted(result), "presets": presets, "preset": settings.preset,
+    summary = {"result": sorted(result), "presets": presets, "generators": generators, "preset": settings.preset,
                "panel_error": addon("operators").STATE.error, "root": describe(root) if root else None,
                "objects": [describe(obj) for obj in objects],
                "images": [{"name": image.name, "packed": image.packed_file is not None,

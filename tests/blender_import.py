@@ -1,7 +1,9 @@
-"""Import a .glb with Blender's own glTF importer and print what Blender made of it, as one JSON line.
+"""Import a .glb (Blender's own glTF importer) or a .usdz/.usdc (its USD importer) and print what Blender
+made of it, as one JSON line.
 
 Run with the Python that has Blender as a module (PyPI bpy), not the project's:
     .venv-blender/bin/python tests/blender_import.py FILE.glb
+    .venv-blender/bin/python tests/blender_import.py FILE.usdz [--guides]   # --guides: purpose-guide prims too
 Blender prints its own log lines on stdout too; the summary is the last line.
 """
 import json
@@ -43,9 +45,12 @@ def material_summary(material):
     return {"name": material.name, "images": sorted(images)}
 
 
-def main(path):
+def main(path, guides=False):
     bpy.ops.wm.read_factory_settings(use_empty=True)
-    result = bpy.ops.import_scene.gltf(filepath=path)
+    if path.endswith((".usdz", ".usdc", ".usda", ".usd")):
+        result = bpy.ops.wm.usd_import(filepath=path, import_guide=guides)
+    else:
+        result = bpy.ops.import_scene.gltf(filepath=path)
     objects = []
     for obj in sorted(bpy.context.scene.objects, key=lambda o: o.name):
         entry = {"name": obj.name, "type": obj.type, "parent": obj.parent.name if obj.parent else None,
@@ -68,6 +73,6 @@ def main(path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: blender_import.py FILE.glb")
-    main(sys.argv[1])
+    if len(sys.argv) not in (2, 3) or sys.argv[2:] not in ([], ["--guides"]):
+        sys.exit("usage: blender_import.py FILE.glb|FILE.usdz [--guides]")
+    main(sys.argv[1], guides=sys.argv[2:] == ["--guides"])

@@ -1,4 +1,4 @@
-"""The real clients the exported files are checked with: the Khronos glTF-Validator and Blender's importer.
+"""The real clients the exported files are checked with: the Khronos glTF-Validator and Blender's importers.
 
 Both are set up outside the project's virtualenv. Without them a test is skipped with the command that
 installs what is missing; under CI (the CI environment variable set) it fails instead, so CI can never pass
@@ -54,10 +54,11 @@ def validate(path: Path) -> dict[str, Any]:
     return json.loads(run.stdout)
 
 
-def blender_import(path: Path) -> dict[str, Any]:
-    """What Blender's glTF importer made of one file (see blender_import.py for the fields)."""
-    run = subprocess.run([str(blender_python()), str(BLENDER_SCRIPT), str(path)], capture_output=True,
-                         text=True, timeout=300)
+def blender_import(path: Path, guides: bool = False) -> dict[str, Any]:
+    """What Blender's glTF or USD importer made of one file (see blender_import.py for the fields); `guides`:
+    USD prims of purpose guide too, which Blender leaves out by default."""
+    command = [str(blender_python()), str(BLENDER_SCRIPT), str(path)] + (["--guides"] if guides else [])
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
     if run.returncode != 0:
         raise AssertionError(f"Blender could not import {path}:\n{run.stdout}\n{run.stderr}")
     return json.loads(run.stdout.strip().splitlines()[-1])

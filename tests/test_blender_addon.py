@@ -120,6 +120,13 @@ def test_presets_are_read_from_the_cli():
         protocol.parse_presets('{"name": "walk_forward"}')
 
 
+def test_generators_are_read_from_the_cli():
+    found = protocol.parse_generators(run_quick(protocol.generators_command(PYTHON_RUNNER)))
+    assert {g.name: g.needs_gpu for g in found} == {"layout": False, "lyra2": True}
+    with pytest.raises(ValueError, match="not a list of generators"):
+        protocol.parse_generators("[1]")
+
+
 # -- running the real CLI -------------------------------------------------------------------------------
 
 
@@ -347,6 +354,9 @@ def test_build_imports_an_lod_grouped_asset(blender_run):
     assert built["result"] == ["FINISHED"], built["panel_error"]
     assert built["preset"] == "walk_forward" and built["presets"][0] == "DEFAULT"
     assert set(built["presets"][1:]) == {p.stem for p in (REPO / "presets").glob("*.toml")}
+    from lyra_assets.generators import REGISTRY
+
+    assert sorted(built["generators"]) == sorted(REGISTRY)  # the add-on offers what the CLI lists, no more
     root = built["root"]
     assert root["type"] == "EMPTY" and root["name"] == "corridor" and root["collections"] == ["corridor"]
     objects = {obj["name"]: obj for obj in built["objects"]}

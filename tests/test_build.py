@@ -8,19 +8,17 @@ from click.testing import CliRunner
 
 from clients import blender_import, validate
 from lyra_assets import build, mesh
-from lyra_assets.assets.level import AssetSettings
 from lyra_assets.cli import main
 
-SMALL = {"camera": {"width": 208, "height": 120}, "path": {"frames": 13}}
-SMALL_ASSET = AssetSettings(lod0_triangles=20_000, texture_size=1024)
+SMALL = {"camera": {"width": 208, "height": 120}, "path": {"frames": 13},
+         "assets": {"lod0_triangles": 20_000, "texture_size": 1024}}
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, example_image):
     out = tmp_path_factory.mktemp("build")
     events = []
-    result = build(example_image, "walk_forward", out, overrides=SMALL, asset_settings=SMALL_ASSET,
-                   progress=lambda *event: events.append(event))
+    result = build(example_image, "walk_forward", out, options=SMALL, progress=lambda *event: events.append(event))
     return result, events
 
 
@@ -37,8 +35,8 @@ def test_outputs_and_manifest(built):
     coverage = [lod["screen_coverage"] for lod in manifest["lods"]]
     assert coverage == sorted(coverage, reverse=True)
     assert set(manifest["timings_s"]) >= {"generate", "fuse", "assets", "export"}
-    assert manifest["settings"]["preset"]["name"] == "walk_forward"
-    assert manifest["settings"]["assets"]["lod0_triangles"] == 20_000
+    assert manifest["provenance"]["preset"] == "walk_forward"
+    assert manifest["provenance"]["job"]["settings"]["assets"]["lod0_triangles"] == 20_000
     assert manifest["outputs"]["glb"]["bytes"] == result.glb.stat().st_size
     assert {stage for stage, *_ in events} >= {"generate", "fuse", "lod", "uv", "bake", "export"}
     assert not list(folder.rglob("*.tmp")) and not list(folder.parent.glob(".*"))
@@ -101,7 +99,7 @@ def test_mesh_on_a_broken_walkthrough_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("size", [256, 512, 1024])
 def test_small_textures_build_with_the_default_lods_and_validate(built, tmp_path, size):
-    result = mesh(built[0].walkthrough_dir, tmp_path, asset_settings=AssetSettings(texture_size=size))
+    result = mesh(built[0].walkthrough_dir, tmp_path, options={"assets": {"texture_size": size}})
     assert [lod["texture_size"] for lod in result.manifest["lods"]][0] == size
     issues = validate(result.glb)["issues"]
     assert issues["numErrors"] == 0 and issues["numWarnings"] == 0, issues["messages"]

@@ -37,8 +37,8 @@ def test_generate_writes_a_complete_walkthrough(small_sidecar, tmp_path):
     assert len(list((folder / "frames").glob("*.png"))) == 9
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["generator"]["name"] == "layout"
-    assert manifest["settings"]["preset"]["camera"]["width"] == 208  # the sidecar was read
-    assert manifest["inputs"]["sidecar"].endswith("corridor.toml")
+    assert manifest["provenance"]["job"]["settings"]["camera"]["width"] == 208  # the sidecar was read
+    assert manifest["provenance"]["job"]["sidecar"].endswith("corridor.toml")
     assert len(manifest["job_key"]) == 32 and "shortened" in manifest["camera_path"]
     walk = Walkthrough.load(folder)
     assert walk.frames.shape == (9, 120, 208, 3) and walk.depth.dtype == np.float32
@@ -57,7 +57,7 @@ def test_existing_output_is_not_overwritten_without_force(small_sidecar, tmp_pat
     assert manifest.read_bytes() == before
     forced = run("generate", small_sidecar, "-o", out, "--force", "--preset", "strafe")
     assert forced.exit_code == 0
-    assert json.loads(manifest.read_text())["settings"]["preset"]["path"]["motion"] == "strafe"
+    assert json.loads(manifest.read_text())["provenance"]["job"]["settings"]["path"]["motion"] == "strafe"
 
 
 def test_json_progress_is_one_object_per_line(small_sidecar, tmp_path):
@@ -92,11 +92,11 @@ def test_bad_inputs_exit_2_with_a_message(tmp_path, small_sidecar):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     cases = [
         (["generate", tmp_path / "bad.png"], "not an image"),
-        (["generate", small_sidecar, "--preset", "nope"], "unknown preset 'nope'; known presets:"),
+        (["generate", small_sidecar, "--preset", "nope"], "command-line options: unknown preset 'nope'; available:"),
         (["generate", small_sidecar, "--generator", "magic"], "unknown generator 'magic'; available: layout"),
         (["presets", "show", "nope"], "unknown preset"),
-        (["build", small_sidecar, "--voxel-size", "-1"], "not in the range x>0"),
-        (["build", small_sidecar, "--texture-size", "100"], "texture_size must be a power of two"),
+        (["build", small_sidecar, "--voxel-size", "-1"], "[fusion] voxel_size_m: Input should be greater than 0"),
+        (["build", small_sidecar, "--texture-size", "100"], "texture_size: Value error, must be a power of two"),
         (["build", small_sidecar, "--fov", "500"], "camera.hfov_deg"),
     ]
     for args, message in cases:
@@ -113,7 +113,7 @@ def test_bad_sidecar_names_key_and_file(tmp_path, small_sidecar):
     assert result.exit_code == 2 and "corridor.toml" in result.output and "camera.fov" in result.output
     sidecar.write_text('flavour = "mint"\n')
     result = run("generate", small_sidecar, "-o", tmp_path / "o")
-    assert result.exit_code == 2 and "unknown key(s) 'flavour'" in result.output
+    assert result.exit_code == 2 and "unknown key 'flavour'; settings may hold: preset" in result.output
     sidecar.write_text("[layout]\nvanishing_point = [1, 2, 3]\n")
     result = run("generate", small_sidecar, "-o", tmp_path / "o")
     assert result.exit_code == 2 and "[layout] vanishing_point" in result.output

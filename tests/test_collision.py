@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import igl
 import numpy as np
+import pytest
 import trimesh
 from scenes import BoxScene
 
-from lyra_assets.assets.collision import make_collider
+from lyra_assets.assets.collision import make_collider, ray_distance, spawn_clearance
 from lyra_assets.assets.lod import surface_samples
 
 
@@ -49,3 +50,27 @@ def test_collider_meets_its_budget_on_a_mesh_full_of_holes():
     # Coarser, but still the room: nearly all of the true surface lies on the collider.
     assert np.percentile(_distances(surface_samples(truth.vertices, truth.faces), collider.vertices,
                                     collider.faces), 95) < 0.05
+
+
+def test_floor_is_added_under_cameras_that_saw_none():
+    """A forward walk never sees the floor under its first camera: the collider gets floor there, at the
+    height of the floor it did see, so a robot spawned at the camera stands on it."""
+    room = _fine_room(0.25)
+    centres = room.triangles_center
+    unseen = (np.abs(centres[:, 1] - BoxScene().room_max[1]) < 1e-6) & (centres[:, 2] < 2.0)
+    faces = room.faces[~unseen]
+    cameras = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 4.0]])  # the last one is over seen floor
+    assert ray_distance(room.vertices, faces, cameras[0], [0, 1, 0]) is None
+    collider = make_collider(room.vertices, faces, target_triangles=2000, cameras=cameras)
+    assert collider.notes == {"cameras_without_floor": 2, "floor_added_m": pytest.approx(1.6, abs=1e-4)}
+    for camera in cameras:
+        distance, _ = ray_distance(collider.vertices, collider.faces, camera, [0, 1, 0])
+        assert distance == pytest.approx(1.6, abs=1e-4)
+    clearance = spawn_clearance(collider)
+    assert clearance == {"floor_distance_m": pytest.approx(1.6), "floor_slope_deg": 0.0,
+                         "ceiling_distance_m": pytest.approx(1.2), "ceiling_from": "ray",
+                         "free_height_m": pytest.approx(2.8)}
+    # A room whose floor was all seen is left as it is.
+    whole = make_collider(room.vertices, room.faces, target_triangles=2000, cameras=cameras)
+    assert whole.notes == {"cameras_without_floor": 0}
+    assert len(whole.faces) == len(make_collider(room.vertices, room.faces, target_triangles=2000).faces)

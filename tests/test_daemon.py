@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from lyra_assets.cli import main
 from lyra_assets.daemon.inbox import Entry, Inbox, group, is_temporary
 from lyra_assets.daemon.root import file_group, printable
-from lyra_assets.daemon.settings import Defaults, plan_job
+from lyra_assets.daemon.settings import load_defaults, plan_job, plan_record, planned_spec
 from lyra_assets.errors import LyraAssetsError
 from lyra_assets.walkthrough import Walkthrough
 
@@ -175,13 +175,13 @@ def content(path: Path) -> str:
 # -- the 200-file drop ---------------------------------------------------------------------------------------
 
 BAD_SIDECARS = {  # sidecar text -> what the error must say
-    "[camrea]\nhfov_deg = 70\n": "unknown key(s) 'camrea'",
-    "[path]\nframes = = 3\n": "not a valid TOML sidecar",
-    '{"path": {"frames": 9,}}': "not a valid JSON sidecar",
+    "[camrea]\nhfov_deg = 70\n": "unknown key 'camrea'",
+    "[path]\nframes = = 3\n": "not a valid TOML settings file",
+    '{"path": {"frames": 9,}}': "not a valid JSON settings file",
     "[path]\nframes = -1\n": "path.frames",
     'preset = "nope"\n': "unknown preset 'nope'",
     'generator = "dreamer"\n': "unknown generator 'dreamer'",
-    'out_dir = "../../outside"\nname = "../../evil"\n': "unknown key(s)",  # nothing a sidecar says writes outside
+    'out_dir = "../../outside"\nname = "../../evil"\n': "unknown key 'out_dir'",  # writes nothing outside
     "[1, 2, 3]": "must be a table",
     '[lyra2]\nwork_dir = "../../outside"\npython = "/bin/sh"\n': "python, work_dir cannot be set from a drop folder",
 }
@@ -323,7 +323,7 @@ def run_drop(tmp_path: Path, *daemon_args: str) -> list[dict]:
 
     # Every valid image produced its asset exactly once: one output folder per image, none twice.
     manifests = [json.loads(p.read_text()) for p in (root / "out").glob("*/manifest.json")]
-    assert sorted(m["inputs"]["image_sha256"] for m in manifests) == sorted(drop.valid.values())
+    assert sorted(m["provenance"]["job"]["image_sha256"] for m in manifests) == sorted(drop.valid.values())
     for folder in (root / "out").iterdir():
         assert json.loads((folder / "status.json").read_text())["state"] == "done", folder
         gltf = read_glb(folder / f"{folder.name}.glb")
@@ -341,7 +341,7 @@ def run_drop(tmp_path: Path, *daemon_args: str) -> list[dict]:
     done = {p.name for p in (root / "done").iterdir()}
     assert set(map(printable, drop.valid)) <= done and set(drop.duplicates) <= done
     # Of identical images, whichever came first was built; each other one points at that asset.
-    by_sha = {m["inputs"]["image_sha256"]: m for m in manifests}
+    by_sha = {m["provenance"]["job"]["image_sha256"]: m for m in manifests}
     sha_of = {**drop.valid, **drop.duplicates}
     notes = {p.name.removesuffix(".duplicate.json"): json.loads(p.read_text())
              for p in (root / "done").glob("*.duplicate.json")}
@@ -514,7 +514,7 @@ def test_two_daemons_on_one_root_run_each_job_once(tmp_path):
     assert sorted(claimed) == sorted({**images, **copies})  # every file claimed by exactly one daemon
     assert len(built) == len(images)  # every distinct image built once, by one daemon
     manifests = [json.loads(p.read_text()) for p in (root / "out").glob("*/manifest.json")]
-    assert sorted(m["inputs"]["image_sha256"] for m in manifests) == sorted(
+    assert sorted(m["provenance"]["job"]["image_sha256"] for m in manifests) == sorted(
         hashlib.sha256(d).hexdigest() for d in images.values())
     assert len(list((root / "done").glob("*.duplicate.json"))) == len(copies)
 
@@ -531,8 +531,9 @@ def test_a_late_sidecar_is_a_new_job_and_status_reports_it(tmp_path):
         assert daemon.wait() == 0
     first = json.loads((root / "out" / "hall" / "manifest.json").read_text())
     again = json.loads((root / "out" / "hall-2" / "manifest.json").read_text())
-    assert first["settings"]["preset"]["path"]["frames"] == 9 and again["settings"]["preset"]["path"]["frames"] == 5
-    assert again["inputs"]["image_sha256"] == first["inputs"]["image_sha256"]
+    first, again = first["provenance"]["job"], again["provenance"]["job"]
+    assert first["settings"]["path"]["frames"] == 9 and again["settings"]["path"]["frames"] == 5
+    assert again["image_sha256"] == first["image_sha256"]
     assert sorted(p.name for p in (root / "done").iterdir()) == ["hall.png", "hall~2.png", "hall~2.toml"]
     assert "no image named orphan.png" in json.loads((root / "failed" / "orphan.toml.error.json").read_text())["error"]
 
@@ -552,7 +553,7 @@ def test_watch_refuses_bad_defaults_and_status_a_folder_that_is_not_one(tmp_path
     assert refused.exit_code == 2 and "defaults.toml" in refused.output and "framse" in refused.output
     (root / "defaults.toml").write_text("colour = 1\n")
     refused = CliRunner().invoke(main, ["watch", str(root)])
-    assert refused.exit_code == 2 and "unknown key(s) 'colour'" in refused.output
+    assert refused.exit_code == 2 and "unknown key 'colour'" in refused.output
     missing = CliRunner().invoke(main, ["status", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "not a drop folder" in missing.output
     without_ray = CliRunner().invoke(main, ["watch", str(root), "--gpu-generator", "layout"])
@@ -569,12 +570,12 @@ def test_a_rerun_resumes_from_the_walkthrough_an_interrupted_run_saved(tmp_path)
     image = tmp_path / "work" / "hall.png"
     image.parent.mkdir()
     image.write_bytes(concept_image(700))
-    plan, key = plan_job(image, Defaults.load(tmp_path / "defaults.toml"))
+    spec = plan_job(image, load_defaults(tmp_path / "defaults.toml"))
     out = tmp_path / "out"
-    saved = generate(image, out_dir=out, overrides=plan.overrides).walkthrough_dir  # what the first run got done
+    saved = generate(spec, out_dir=out).walkthrough_dir  # what the first run got done
     (out / "hall" / ".hall.glb.1234abcd.tmp").write_bytes(b"half a file")  # and what it left half-written
     before = (saved / "manifest.json").stat()
-    task = Task("job", str(image), str(out), "hall", plan.to_json(), {"job": "job", "key": key, "attempt": 2})
+    task = Task("job", str(image), str(out), "hall", plan_record(spec), {"job": "job", "key": spec.key, "attempt": 2})
     outputs = run(task)
     assert outputs["glb"] == "hall.glb" and read_glb(out / "hall" / "hall.glb")
     after = (saved / "manifest.json").stat()
@@ -592,9 +593,9 @@ def test_local_workers_report_bad_input_and_are_replaced_after_their_quota(tmp_p
     try:
         for name in ("one", "two"):
             (tmp_path / f"{name}.png").write_bytes(b"not a png")
-            task = Task(name, str(tmp_path / f"{name}.png"), str(tmp_path / "out"), name, {
-                "preset": None, "generator": "layout", "overrides": {}, "assets": {}, "voxel_size_m": None,
-                "pipeline_key": "-"}, {"job": name})
+            record = {"image": str(tmp_path / f"{name}.png"), "image_sha256": "-", "name": name, "settings": {}}
+            task = Task(name, record["image"], str(tmp_path / "out"), name, {"key": "-", "job": record},
+                        {"job": name})
             with pytest.raises(executors.BadInput, match=f"{name}.png: not an image"):
                 pool.submit(task).result(timeout=WAIT_S)
             pids.append(json.loads((tmp_path / "out" / name / "status.json").read_text())["worker"]["pid"])
@@ -649,21 +650,21 @@ def test_filing_never_overwrites_and_keeps_a_group_together(tmp_path):
 
 def test_defaults_are_checked_and_a_sidecar_wins_over_them(tmp_path):
     (tmp_path / "defaults.toml").write_text(FAST_DEFAULTS)
-    defaults = Defaults.load(tmp_path / "defaults.toml")
+    defaults = load_defaults(tmp_path / "defaults.toml")
     image = tmp_path / "a.png"
     image.write_bytes(concept_image(1))
-    plan, key = plan_job(image, defaults)
-    assert plan.overrides["path"]["frames"] == 9 and plan.voxel_size_m == 0.2
-    (tmp_path / "a.toml").write_text('preset = "strafe"\n[path]\nframes = 5\n')
-    plan_with_sidecar, other_key = plan_job(image, defaults)
-    assert plan_with_sidecar.preset == "strafe" and plan_with_sidecar.overrides["path"]["frames"] == 5
-    assert plan_with_sidecar.overrides["camera"]["width"] == 208 and other_key != key
-    # The asset settings change the result, so they are part of the key; without any, the pipeline's key is it.
-    assert key != plan.pipeline_key
-    assert plan_job(image, Defaults())[1] == plan_job(image, Defaults())[0].pipeline_key
+    spec = plan_job(image, defaults)
+    assert spec.preset.path.frames == 9 and spec.fusion.voxel_size_m == 0.2 and spec.assets.texture_size == 256
+    (tmp_path / "a.toml").write_text('preset = "strafe"\n[path]\nframes = 5\n[assets]\ntexture_size = 512\n')
+    with_sidecar = plan_job(image, defaults)
+    assert with_sidecar.preset.name == "strafe" and with_sidecar.preset.path.frames == 5
+    assert with_sidecar.preset.camera.width == 208 and with_sidecar.assets.texture_size == 512
+    assert with_sidecar.key != spec.key
+    assert planned_spec(plan_record(with_sidecar)).key == with_sidecar.key  # what a worker builds is what was checked
     for text, says in [("[camera]\nhfvo = 3\n", "camera"), ('generator = "nope"\n', "unknown generator"),
-                       ("voxel_size_m = -1\n", "voxel_size_m"), ("[assets]\ntexture = 3\n", "[assets]")]:
+                       ("[fusion]\nvoxel_size_m = -1\n", "voxel_size_m"), ("[assets]\ntexture = 3\n", "[assets]"),
+                       ('preset = ["orbit"]\n', "preset must be a name")]:
         (tmp_path / "defaults.toml").write_text(text)
         with pytest.raises(LyraAssetsError, match="defaults.toml") as error:
-            Defaults.load(tmp_path / "defaults.toml")
+            load_defaults(tmp_path / "defaults.toml")
         assert says in str(error.value)

@@ -9,14 +9,15 @@ import itertools
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 import trimesh
 from scenes import BoxScene, forward_path, sample_bilinear
 
+from lyra_assets.assets.level import make_level_asset
 from lyra_assets.assets.surface import Surface
-from lyra_assets.assets.level import AssetSettings, make_level_asset
+from lyra_assets.settings import AssetSettings
 from lyra_assets.assets.lod import compact, geometric_error, screen_coverages, simplify, surface_samples, welded
 from lyra_assets.assets.uv import _chart_ids, unwrap
-from lyra_assets.errors import LyraAssetsError
 
 SETTINGS = AssetSettings(lod0_triangles=6000, texture_size=512, padding=4, collider_triangles=300)
 
@@ -149,10 +150,11 @@ def test_screen_coverages_decrease_and_follow_the_error():
 
 
 def test_settings_are_checked():
-    with pytest.raises(LyraAssetsError):
+    with pytest.raises(ValidationError, match="power of two"):
         AssetSettings(texture_size=1000)
-    with pytest.raises(LyraAssetsError):
+    with pytest.raises(ValidationError, match="must decrease"):
         AssetSettings(lod_ratios=(0.06, 0.25))
+    assert AssetSettings.model_validate({"lods": 3}).lod_ratios == (0.25, 0.0625)
 
 
 # -- the asset stage ---------------------------------------------------------------------------------------

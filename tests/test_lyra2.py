@@ -534,13 +534,12 @@ def test_lyra_run_becomes_a_glb_of_the_room(lyra_run, tmp_path):
     about 1 % of the distance towards the camera where a surface is seen at a grazing angle; fusing exact
     depth instead gives 0.8 cm at the median.
     """
-    from lyra_assets.assets.level import AssetSettings
     from lyra_assets.pipeline import mesh
 
     walk = lyra_run[0]
     walk.save(tmp_path / "room" / "walkthrough")
     result = mesh(tmp_path / "room" / "walkthrough", tmp_path / "out",
-                  asset_settings=AssetSettings(lod0_triangles=20_000, texture_size=512), voxel_size=0.03)
+                  options={"assets": {"lod0_triangles": 20_000, "texture_size": 512}, "fusion": {"voxel_size_m": 0.03}})
     scene = trimesh.load(result.glb, force="scene")
     transform, geometry = scene.graph.get("room_LOD0")
     lod0 = scene.geometry[geometry].copy().apply_transform(transform)

@@ -14,15 +14,15 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from lyra_assets.errors import LyraAssetsError
+from lyra_assets.export.splats import export_splats
+from lyra_assets.generators.lyra2_cameras import read_lyra_cameras
 from lyra_assets.splats import (
     SH_C0,
     GaussianSplats,
     Similarity,
-    export_splats,
     fit_cameras,
     observed_from_first_view,
     prune,
-    read_lyra_cameras,
     read_ply,
     render_path,
     umeyama,

@@ -34,6 +34,7 @@ class Collider:
 
     vertices: np.ndarray  # (V, 3) float32 metres, OpenCV axes
     faces: np.ndarray  # (F, 3) uint32
+    notes: dict[str, Any] = field(default_factory=dict)  # how it was made, for the manifest
 
 
 @dataclass

@@ -5,6 +5,12 @@ simplification keeps with few triangles while it drops everything small. meshopt
 simplifier goes first; where the mesh's open borders (holes fusion left) stop it short of the budget, its
 sloppy mode (vertex clustering, which ignores topology) takes over, since a collider needs the shape of
 the walkable space, not a clean surface.
+
+A camera of the walkthrough stands on floor, yet the floor right under it may be in no view (a forward walk
+never looks straight down at where it started). When a ray down from some camera meets nothing, one
+rectangle of floor at the height of the collider's floor is added under the whole path (its cameras'
+extent, ROBOT_RADIUS_M wider), so a robot spawned at a camera stands on floor that reaches the seen floor;
+the collider's notes say how many cameras had none.
 """
 from __future__ import annotations
 
@@ -15,16 +21,60 @@ from . import Collider
 from .lod import compact, simplify
 
 SLOPPY_WHEN_OVER = 1.5  # quality simplification ending above 1.5x the budget hands over to sloppy mode
+DOWN = np.array([0.0, 1.0, 0.0])  # OpenCV axes: y points down
+FLOOR_MAX_SLOPE_DEG = 20.0  # steeper triangles are walls or ramps, not the floor to fit
+LEVEL_GAP_M = 0.3  # a floor's (a ceiling's) triangles lie at least this far below (above) the cameras
+ROBOT_RADIUS_M = 0.5  # the added floor reaches this far beyond the cameras
 
 
-def make_collider(vertices: np.ndarray, faces: np.ndarray, target_triangles: int = 2000) -> Collider:
-    """A low-triangle mesh following the surface of `vertices`/`faces` (a welded mesh, OpenCV axes)."""
+def make_collider(vertices: np.ndarray, faces: np.ndarray, target_triangles: int = 2000,
+                  cameras: np.ndarray | None = None) -> Collider:
+    """A low-triangle mesh following the surface of `vertices`/`faces` (a welded mesh, OpenCV axes); given the
+    `cameras` (N, 3 positions), with floor under their path where a camera has none."""
     vertices = np.ascontiguousarray(vertices, np.float32)
     kept = simplify(vertices, faces, target_triangles)
     if len(kept) > SLOPPY_WHEN_OVER * target_triangles:
         kept = _sloppy(vertices, kept, target_triangles)
     used, renumbered = compact(kept)
-    return Collider(vertices[used], renumbered.astype(np.uint32))
+    collider = Collider(vertices[used], renumbered.astype(np.uint32))
+    return collider if cameras is None else _floor_under(collider, np.asarray(cameras, np.float64))
+
+
+def _floor_under(collider: Collider, cameras: np.ndarray) -> Collider:
+    cameras = np.unique(cameras.round(3), axis=0)
+    bare = [c for c in cameras if ray_distance(collider.vertices, collider.faces, c, DOWN) is None]
+    height = _level_height(collider, cameras, below=True)
+    notes = {"cameras_without_floor": len(bare)}
+    if not bare or height is None:
+        return Collider(collider.vertices, collider.faces, notes)
+    ground = cameras[:, [0, 2]]
+    (x0, z0), (x1, z1) = ground.min(axis=0) - ROBOT_RADIUS_M, ground.max(axis=0) + ROBOT_RADIUS_M
+    # Wound so the rectangle faces up (-y): counter-clockwise seen from above.
+    corners = np.array([[x0, height, z0], [x1, height, z0], [x1, height, z1], [x0, height, z1]])
+    faces = np.array([[0, 1, 2], [0, 2, 3]]) + len(collider.vertices)
+    notes["floor_added_m"] = round(float(height), 4)
+    return Collider(np.vstack([collider.vertices, corners]).astype(np.float32),
+                    np.vstack([collider.faces, faces]).astype(np.uint32), notes)
+
+
+def _level_height(collider: Collider, cameras: np.ndarray, below: bool) -> float | None:
+    """The area-weighted median height (y) of the collider's near-level triangles below the cameras (the
+    floor) or above them (the ceiling); None when there are none."""
+    v = np.asarray(collider.vertices, np.float64)[collider.faces]
+    normal = np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
+    area = np.linalg.norm(normal, axis=1)
+    height = v[:, :, 1].mean(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        level = np.abs(normal[:, 1]) / area >= np.cos(np.radians(FLOOR_MAX_SLOPE_DEG))
+    if below:
+        chosen = level & (height > cameras[:, 1].max() + LEVEL_GAP_M)
+    else:
+        chosen = level & (height < cameras[:, 1].min() - LEVEL_GAP_M)
+    if not chosen.any():
+        return None
+    order = np.argsort(height[chosen])
+    weights = np.cumsum(area[chosen][order])
+    return float(height[chosen][order][np.searchsorted(weights, weights[-1] / 2)])
 
 
 def _sloppy(vertices: np.ndarray, faces: np.ndarray, target_triangles: int) -> np.ndarray:
@@ -33,3 +83,51 @@ def _sloppy(vertices: np.ndarray, faces: np.ndarray, target_triangles: int) -> n
     count = meshoptimizer.simplify_sloppy(destination, indices, vertices,
                                           target_index_count=3 * target_triangles, target_error=1.0)
     return destination[:count].reshape(-1, 3).astype(np.int64)
+
+
+def ray_distance(vertices: np.ndarray, faces: np.ndarray, origin, direction) -> tuple[float, int] | None:
+    """Distance along the unit `direction` from `origin` to the nearest triangle hit, and that triangle;
+    None when the ray hits nothing. Möller-Trumbore on every triangle at once (colliders are small)."""
+    v = np.asarray(vertices, np.float64)[np.asarray(faces, np.int64)]
+    origin, direction = np.asarray(origin, np.float64), np.asarray(direction, np.float64)
+    edge1, edge2 = v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]
+    p = np.cross(direction, edge2)
+    det = np.einsum("ij,ij->i", edge1, p)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = 1.0 / det
+        s = origin - v[:, 0]
+        u = np.einsum("ij,ij->i", s, p) * inv
+        q = np.cross(s, edge1)
+        w = (q @ direction) * inv
+        t = np.einsum("ij,ij->i", edge2, q) * inv
+        hit = (np.abs(det) > 1e-12) & (u >= 0) & (w >= 0) & (u + w <= 1) & (t > 0)
+    if not hit.any():
+        return None
+    index = int(np.flatnonzero(hit)[np.argmin(t[hit])])
+    return float(t[index]), index
+
+
+def spawn_clearance(collider: Collider) -> dict[str, float | str | None]:
+    """What a robot placed at the spawn (the first camera, the world's origin) finds, in metres: the floor
+    below it (a ray down; distance and slope), the ceiling above it and the free height between them.
+    The ceiling is a ray up where that meets the collider ("ray"); else, as no camera looks straight up, the
+    height of the collider's level ceiling elsewhere ("level ceiling"). None where there is nothing (no floor:
+    the spawn is unsafe; no ceiling: open sky)."""
+    spawn = np.zeros(3)
+    clearance: dict[str, float | str | None] = dict.fromkeys(
+        ["floor_distance_m", "floor_slope_deg", "ceiling_distance_m", "ceiling_from", "free_height_m"])
+    floor = ray_distance(collider.vertices, collider.faces, spawn, DOWN)
+    if floor is not None:
+        a, b, c = np.asarray(collider.vertices, np.float64)[collider.faces[floor[1]]]
+        normal = np.cross(b - a, c - a)
+        slope = np.degrees(np.arccos(min(1.0, abs(normal @ DOWN) / np.linalg.norm(normal))))
+        clearance.update(floor_distance_m=round(floor[0], 4), floor_slope_deg=round(float(slope), 2))
+    ceiling = ray_distance(collider.vertices, collider.faces, spawn, -DOWN)
+    level = None if ceiling is not None else _level_height(collider, spawn[None], below=False)
+    if ceiling is not None:
+        clearance.update(ceiling_distance_m=round(ceiling[0], 4), ceiling_from="ray")
+    elif level is not None:
+        clearance.update(ceiling_distance_m=round(-level, 4), ceiling_from="level ceiling")
+    if floor is not None and clearance["ceiling_distance_m"] is not None:
+        clearance["free_height_m"] = round(clearance["floor_distance_m"] + clearance["ceiling_distance_m"], 4)
+    return clearance

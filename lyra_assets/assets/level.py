@@ -8,7 +8,7 @@
       (the same array, so the exporter writes it once)
     then errors and screen coverages (lod.py), and the collider from LOD0 (collision.py)
 
-Texture sizes halve per level (texture_size >> k, at least MIN_TEXTURE_SIZE). A level on LOD0's atlas
+Texture sizes halve per level (texture_size >> k, at least settings.MIN_TEXTURE_SIZE). A level on LOD0's atlas
 bakes its normal map at its own size on LOD0's layout, so its gutters are LOD0's padding scaled down:
 with the defaults (2048 px, 4 texels) LOD1 keeps 2 texels and shares, LOD2 would keep 1 and gets its own.
 Small atlases (--texture-size 256 to 1024 leave a low level 64-128 px) whose charts do not fit are
@@ -24,6 +24,7 @@ import trimesh
 
 from ..errors import LyraAssetsError
 from ..progress import Progress, silent
+from ..settings import AssetSettings
 from ..walkthrough import Walkthrough
 from . import LevelAsset, LodLevel
 from .bake import TexelLayout, bake_level
@@ -32,43 +33,11 @@ from .lod import compact, geometric_error, screen_coverages, simplify, surface_s
 from .surface import Surface, vertex_normals
 from .uv import Atlas, AtlasFull, tangents, unwrap_fitting
 
-MIN_TEXTURE_SIZE = 64
 # A level keeps LOD0's atlas if simplifying with the seams kept gets within 10 % of its triangle budget,
 # and if LOD0's padding, scaled to the level's smaller texture, still leaves MIN_SHARED_GUTTER texels
 # between charts (bilinear filtering needs one, a mip level more two).
 SHARED_ATLAS_SLACK = 1.1
 MIN_SHARED_GUTTER = 2
-
-
-@dataclass(frozen=True)
-class AssetSettings:
-    """What the asset stage makes; every field can be overridden (the pipeline records them all)."""
-
-    lod0_triangles: int = 150_000
-    lod_ratios: tuple[float, ...] = (0.25, 0.06, 0.015)  # of LOD0's triangles, for LOD1..LODn
-    texture_size: int = 2048  # LOD0's; level k gets texture_size >> k
-    texels_per_metre: float | None = None  # LOD0's texel density; None: whatever fills texture_size
-    padding: int = 4  # gutter texels around every chart, so mipmaps don't bleed
-    collider_triangles: int = 2000
-
-    def __post_init__(self) -> None:
-        if self.lod0_triangles < 4:
-            raise LyraAssetsError(f"lod0_triangles must be at least 4, got {self.lod0_triangles}")
-        ratios = list(self.lod_ratios)
-        if not all(0 < r < 1 for r in ratios) or ratios != sorted(ratios, reverse=True):
-            raise LyraAssetsError(f"lod_ratios must decrease within (0, 1), got {self.lod_ratios}")
-        if self.texture_size < MIN_TEXTURE_SIZE or self.texture_size & (self.texture_size - 1):
-            raise LyraAssetsError(f"texture_size must be a power of two >= {MIN_TEXTURE_SIZE}, "
-                                  f"got {self.texture_size}")
-        if self.texels_per_metre is not None and not self.texels_per_metre > 0:
-            raise LyraAssetsError(f"texels_per_metre must be positive, got {self.texels_per_metre}")
-        if self.padding < 1:
-            raise LyraAssetsError(f"padding must be at least 1 texel, got {self.padding}")
-        if self.collider_triangles < 4:
-            raise LyraAssetsError(f"collider_triangles must be at least 4, got {self.collider_triangles}")
-
-    def texture_size_of(self, level: int) -> int:
-        return max(self.texture_size >> level, MIN_TEXTURE_SIZE)
 
 
 @dataclass
@@ -140,7 +109,7 @@ def make_level_asset(name: str, dense: trimesh.Trimesh, walk: Walkthrough,
     coverages = screen_coverages(errors, [len(g.faces) for g in levels], diameter)
     for lod, error, coverage in zip(lods, errors, coverages):
         lod.geometric_error, lod.screen_coverage = error, coverage
-    collider = make_collider(lod0_vertices, lod0_faces, settings.collider_triangles)
+    collider = make_collider(lod0_vertices, lod0_faces, settings.collider_triangles, walk.path.c2w[:, :3, 3])
     return LevelAsset(name, lods, collider)
 
 

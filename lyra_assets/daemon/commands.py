@@ -48,11 +48,11 @@ def watch(ctx: click.Context, root: Path, workers: int | None, polling: bool, ra
     ROOT/defaults.toml; a sidecar next to an image wins over them. Log lines are JSON, on stderr.
     """
     from .service import Options, Service
-    from .settings import Defaults
+    from .settings import load_defaults
 
     try:
         drop_root = DropRoot.open(root, create=True)
-        defaults = Defaults.load(drop_root.defaults)
+        defaults = load_defaults(drop_root.defaults)
         executor = _executor(ray_address, workers, frozenset(gpu_generators))
     except LyraAssetsError as exc:
         click.echo(f"error: {exc}", err=True)

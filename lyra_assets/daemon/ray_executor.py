@@ -13,13 +13,13 @@
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 from concurrent.futures import Future
 from typing import Any
 
 from ..errors import LyraAssetsError
+from .. import generators
 from ..generators import REGISTRY as GENERATORS
 from . import runner
 from .executors import BadInput, Interrupted, RunBroken
@@ -76,7 +76,7 @@ class RayExecutor:
     def submit(self, task: Task) -> Future:
         future: Future = Future()
         future.set_running_or_notify_cancel()
-        generator = task.plan["generator"]
+        generator = task.plan["job"]["settings"]["generator"]
         if not self._needs_gpu(generator):
             refs, actor = [self._build.remote(task)], None
         elif not self._gpus:
@@ -98,8 +98,7 @@ class RayExecutor:
     def _needs_gpu(self, generator: str) -> bool:
         if generator in self._gpu_generators:
             return True
-        module, name = GENERATORS[generator].split(":")
-        return bool(getattr(getattr(importlib.import_module(module), name), "needs_gpu", False))
+        return generators.info(generator).needs_gpu
 
     def _least_loaded_actor(self) -> int:
         """One actor per GPU, started as jobs need them."""

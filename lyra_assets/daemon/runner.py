@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .settings import Plan, asset_settings
+from .settings import planned_spec
 from .status import StatusProgress
 
 
@@ -25,7 +25,7 @@ class Task:
     image: str  # absolute: ROOT/work/<job>/<name>.png, its sidecar (if any) beside it
     out_dir: str  # absolute: ROOT/out
     name: str
-    plan: dict[str, Any]  # settings.Plan.to_json()
+    plan: dict[str, Any]  # settings.plan_record(): the resolved job spec and its key
     status: dict[str, Any]  # fields every status write carries: job, source, key, attempt
 
     @property
@@ -34,17 +34,8 @@ class Task:
 
 
 def run(task: Task) -> dict[str, str]:
-    """The whole job in one process: `build`, or `mesh` on the walkthrough an interrupted run saved."""
-    progress = _start(task)
-    if _has_checkpoint(task):
-        return _make_asset(task, progress)
-    from ..pipeline import build
-
-    plan = Plan(**task.plan)
-    result = build(task.image, plan.preset, task.out_dir, plan.generator, overrides=plan.overrides,
-                   asset_settings=_asset_settings(plan), voxel_size=plan.voxel_size_m, force=True,
-                   progress=progress)
-    return _relative(task, result.outputs)
+    """The whole job in one process (going on from the walkthrough an interrupted run saved)."""
+    return _build(task, _start(task))
 
 
 def generate_walkthrough(task: Task) -> None:
@@ -54,22 +45,19 @@ def generate_walkthrough(task: Task) -> None:
         return
     from ..pipeline import generate
 
-    plan = Plan(**task.plan)
-    generate(task.image, plan.preset, task.out_dir, plan.generator, overrides=plan.overrides, force=True,
-             progress=progress)
+    generate(planned_spec(task.plan), out_dir=task.out_dir, force=True, progress=progress)
 
 
 def make_asset(task: Task) -> dict[str, str]:
     """Second half, on any CPU: the asset stages on the saved walkthrough."""
-    return _make_asset(task, StatusProgress(task.folder, _fields(task)))
+    return _build(task, StatusProgress(task.folder, _fields(task)))
 
 
-def _make_asset(task: Task, progress: StatusProgress) -> dict[str, str]:
-    from ..pipeline import mesh
+def _build(task: Task, progress: StatusProgress) -> dict[str, str]:
+    """`build` goes on from a walkthrough this same job saved (the checkpoint) instead of generating it again."""
+    from ..pipeline import build
 
-    plan = Plan(**task.plan)
-    result = mesh(task.folder / "walkthrough", task.out_dir, task.name, _asset_settings(plan), plan.voxel_size_m,
-                  force=True, progress=progress)
+    result = build(planned_spec(task.plan), out_dir=task.out_dir, force=True, progress=progress)
     return _relative(task, result.outputs)
 
 
@@ -92,11 +80,7 @@ def _has_checkpoint(task: Task) -> bool:
         manifest = json.loads((task.folder / "walkthrough" / "manifest.json").read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
         return False
-    return manifest.get("job_key") == task.plan["pipeline_key"]
-
-
-def _asset_settings(plan: Plan):
-    return asset_settings(plan.assets, "defaults.toml [assets]") if plan.assets else None
+    return manifest.get("job_key") == task.plan["key"]
 
 
 def _fields(task: Task) -> dict[str, Any]:

@@ -42,7 +42,8 @@ from .journal import STALE_AFTER_S, JobRow, Journal
 from .logs import log
 from .root import DropRoot, file_group, new_job_id, printable
 from .runner import Task
-from .settings import Defaults, plan_job
+from ..job import Layer
+from .settings import plan_job, plan_record
 from .status import write_status
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
@@ -65,7 +66,7 @@ class Options:
 
 
 class Service:
-    def __init__(self, root: DropRoot, executor: Executor, defaults: Defaults, options: Options) -> None:
+    def __init__(self, root: DropRoot, executor: Executor, defaults: Layer | None, options: Options) -> None:
         self.root = root
         self.executor = executor
         self.defaults = defaults
@@ -348,13 +349,14 @@ class Service:
         """Check the claimed file and its sidecar, and key it: queued, a duplicate, or failed."""
         try:
             self._check_files(row)
-            plan, key = plan_job(self._work_file(row), self.defaults)
+            spec = plan_job(self._work_file(row), self.defaults)
+            key, plan = spec.key, plan_record(spec)
         except LyraAssetsError as exc:
             self._finish(row, "failed", error=self._for_artist(row, str(exc)))
             return
         with self.journal.locked():
             built = self._built(key)
-            self.journal.update(row.id, key=key, plan=plan.to_json())
+            self.journal.update(row.id, key=key, plan=plan)
             if built is not None:
                 self._duplicate(self.journal.get(row.id), built)
                 return

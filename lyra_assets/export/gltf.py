@@ -2,7 +2,8 @@
 
 Two layers, as in Blender's io_scene_gltf2: `_GlbBuilder` knows only the format (buffer views, accessors,
 alignment, embedded PNGs) and nothing about level assets; `write_glb` and the helpers below it map the
-asset onto glTF nodes, meshes and materials, and do the one change of axes from OpenCV to glTF.
+asset onto glTF nodes, meshes and materials, and do the one change of axes from OpenCV to glTF (usd.py
+writes the same Y-up frame through the same helpers: `lod_attributes`, `y_up_points`).
 
 Layout of the file:
 
@@ -46,7 +47,7 @@ def write_glb(asset: LevelAsset, path: Path) -> dict[str, Any]:
     if not asset.lods:
         raise ValueError(f"asset {asset.name!r} has no LOD levels to export")
     builder = _GlbBuilder()
-    extras = _plain_json(asset.extras)
+    extras = plain_json(asset.extras)
     # Also on the root node: Blender's importer drops asset.extras but keeps node extras as custom properties.
     root = builder.add_node(asset.name, extras=extras)
     lod_nodes = _add_lods(builder, asset)
@@ -76,7 +77,7 @@ def _add_lods(builder: _GlbBuilder, asset: LevelAsset) -> list[tuple[int, int]]:
 
     def texture(pixels: np.ndarray, label: str) -> int:
         if id(pixels) not in textures:
-            image = builder.add_png(_png_bytes(pixels, label), f"{asset.name}_{label}{len(builder.gltf.images)}")
+            image = builder.add_png(png_bytes(pixels, label), f"{asset.name}_{label}{len(builder.gltf.images)}")
             textures[id(pixels)] = builder.add_texture(image)
         return textures[id(pixels)]
 
@@ -86,8 +87,8 @@ def _add_lods(builder: _GlbBuilder, asset: LevelAsset) -> list[tuple[int, int]]:
         key = (texture(lod.albedo, "albedo"), texture(lod.normal_map, "normal"))
         if key not in materials:
             materials[key] = builder.add_material(f"{asset.name}_material{len(materials)}", *key)
-        faces = _drop_index_degenerate(lod.faces, name)
-        attributes = _lod_attributes(lod, name)
+        faces = drop_degenerate_triangles(lod.faces, name)
+        attributes = lod_attributes(lod, name)
         mesh = builder.add_mesh(name, attributes, faces, material=materials[key])
         node = builder.add_node(name, mesh=mesh, extras={
             "lod": level,
@@ -105,15 +106,14 @@ def _add_lods(builder: _GlbBuilder, asset: LevelAsset) -> list[tuple[int, int]]:
 
 def _add_collider(builder: _GlbBuilder, asset_name: str, collider: Collider) -> tuple[int, int]:
     name = f"{asset_name}_collider"
-    faces = _drop_index_degenerate(collider.faces, name)
-    positions = _finite(collider.vertices, name, "vertices").astype(np.float32) * OPENCV_TO_GLTF
-    mesh = builder.add_mesh(name, {"POSITION": positions}, faces, material=None)
+    faces = drop_degenerate_triangles(collider.faces, name)
+    mesh = builder.add_mesh(name, {"POSITION": y_up_points(collider.vertices, name)}, faces, material=None)
     return builder.add_node(name, mesh=mesh, extras={"collider": True}), len(faces)
 
 
-def _lod_attributes(lod: LodLevel, name: str) -> dict[str, np.ndarray]:
+def lod_attributes(lod: LodLevel, name: str) -> dict[str, np.ndarray]:
     """The level's vertex data in glTF axes, with unit normals and tangents as the format requires."""
-    positions = _finite(lod.vertices, name, "vertices").astype(np.float32) * OPENCV_TO_GLTF
+    positions = y_up_points(lod.vertices, name)
     # In float64, so they are still unit after the cast to float32.
     normals = unit(_finite(lod.normals, name, "normals").astype(np.float64) * OPENCV_TO_GLTF)
     # A zero normal (a vertex no face uses after decimation) still has to be unit-length in the file.
@@ -137,6 +137,11 @@ def _lod_attributes(lod: LodLevel, name: str) -> dict[str, np.ndarray]:
     }
 
 
+def y_up_points(vertices: np.ndarray, name: str) -> np.ndarray:
+    """Positions in the exported frame (glTF's and USD's Y-up, metres), float32."""
+    return _finite(vertices, name, "vertices").astype(np.float32) * OPENCV_TO_GLTF
+
+
 def _finite(array: np.ndarray, name: str, label: str) -> np.ndarray:
     array = np.asarray(array)
     if not np.isfinite(array).all():
@@ -144,7 +149,7 @@ def _finite(array: np.ndarray, name: str, label: str) -> np.ndarray:
     return array
 
 
-def _drop_index_degenerate(faces: np.ndarray, name: str) -> np.ndarray:
+def drop_degenerate_triangles(faces: np.ndarray, name: str) -> np.ndarray:
     """Triangles that repeat a vertex draw nothing; the validator reports them, so they are left out."""
     faces = np.asarray(faces, np.int64).reshape(-1, 3)
     faces = faces[~repeats_a_vertex(faces)]
@@ -153,7 +158,7 @@ def _drop_index_degenerate(faces: np.ndarray, name: str) -> np.ndarray:
     return faces
 
 
-def _png_bytes(pixels: np.ndarray, label: str) -> bytes:
+def png_bytes(pixels: np.ndarray, label: str) -> bytes:
     pixels = np.asarray(pixels)
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
         raise ValueError(f"{label} texture must be (H, W, 3) uint8, got {pixels.shape} {pixels.dtype}")
@@ -168,12 +173,12 @@ def _png_bytes(pixels: np.ndarray, label: str) -> bytes:
     return out.getvalue()
 
 
-def _plain_json(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
     """Extras as plain JSON values (numpy scalars and arrays, paths and tuples are common in them)."""
     if isinstance(value, dict):
-        return {str(k): _plain_json(v) for k, v in value.items()}
+        return {str(k): plain_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain_json(v) for v in value]
+        return [plain_json(v) for v in value]
     if isinstance(value, (np.ndarray, np.generic)):
         return value.tolist()
     if isinstance(value, Path):

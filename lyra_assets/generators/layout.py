@@ -76,7 +76,12 @@ class Atlas:
 
 class LayoutGenerator:
     name = "layout"
+    summary = "embedded default: a single-view layout of the picture; no GPU, no weights"
     licence = "none: procedural, no learned weights"
+    needs_gpu = False
+    takes_prompt = False
+    operator_only: tuple[str, ...] = ()
+    notice = None
 
     def __init__(self, preset: Preset, settings: dict[str, Any], source: str = "settings") -> None:
         try:
@@ -92,7 +97,9 @@ class LayoutGenerator:
         centre_q = np.array([(room.lo[0] + room.hi[0]) / 2, 0.0, (room.lo[2] + room.hi[2]) / 2])
         return FreeSpace(depth=float(room.hi[2]), centre=room.axes @ centre_q, clearance=room.clearance)
 
-    def generate(self, image: ConceptImage, path: CameraPath, progress: Progress) -> Walkthrough:
+    def generate(self, image: ConceptImage, path: CameraPath, progress: Progress,
+                 memory: Walkthrough | None = None) -> Walkthrough:
+        """`memory` needs nothing here: the world is one fixed model, so any pose renders what it showed."""
         started = time.perf_counter()
         room, atlas, fit = self._fit(image)
         n, h, w = len(path), path.height, path.width

@@ -46,7 +46,8 @@ from ..images import ConceptImage
 from ..motions import FreeSpace
 from ..presets import Preset
 from ..progress import Progress
-from ..splats import Similarity, fit_cameras, observed_from_first_view, prune, read_lyra_cameras, read_ply, render_path
+from ..splats import Similarity, fit_cameras, observed_from_first_view, prune, read_ply, render_path
+from .lyra2_cameras import read_lyra_cameras
 from ..trajectory import LYRA_CHUNK, CameraPath, intrinsics_from_fov, lyra_frame_count, read_lyra_captions
 from ..walkthrough import Walkthrough
 
@@ -107,9 +108,12 @@ class Lyra2Settings(BaseModel):
 
 class Lyra2Generator:
     name = "lyra2"
+    summary = "NVIDIA Lyra 2.0 (80 GB GPU, research-only weights), through its inference scripts"
     licence = MODEL_LICENCE
     notice = NOTICE  # printed by the CLI before a run
     needs_gpu = True  # the Ray executor runs it on a GPU worker
+    takes_prompt = True
+    operator_only = tuple(ENVIRONMENT)  # locations: from whoever runs it, never from a dropped sidecar
 
     def __init__(self, preset: Preset, settings: dict[str, Any], source: str = "settings") -> None:
         self.settings = Lyra2Settings.from_sources(settings, dict(os.environ), source)
@@ -129,7 +133,11 @@ class Lyra2Generator:
         self.check_environment()
         return FreeSpace(depth=1.0, centre=np.array([0.0, 0.0, 0.5]), clearance=None)
 
-    def generate(self, image: ConceptImage, path: CameraPath, progress: Progress) -> Walkthrough:
+    def generate(self, image: ConceptImage, path: CameraPath, progress: Progress,
+                 memory: Walkthrough | None = None) -> Walkthrough:
+        if memory is not None:
+            raise LyraAssetsError("lyra2: Lyra 2.0's scripts start every world from the concept image alone; "
+                                  "extending a walkthrough needs the layout or depth generator")
         started = time.perf_counter()
         environment = self.check_environment()
         s = self.settings
