@@ -28,7 +28,7 @@ import numpy as np
 import trimesh
 
 from ..errors import LyraAssetsError
-from .geometry import repeats_a_vertex
+from .geometry import repeats_a_vertex, triangle_areas
 from .surface import Surface, weld
 
 ERROR_SAMPLES = 20_000  # per direction: the 99.99th percentile of the true distances, near enough the max
@@ -70,16 +70,16 @@ def compact(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def surface_samples(vertices: np.ndarray, faces: np.ndarray, count: int = ERROR_SAMPLES,
                     seed: int = 0) -> np.ndarray:
     """(count, 3) points spread uniformly (by area) over a mesh's surface; the same seed, the same points."""
-    p = np.asarray(vertices, np.float64)[np.asarray(faces, np.int64)]
-    area = 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1)
+    vertices, faces = np.asarray(vertices, np.float64), np.asarray(faces, np.int64)
+    area = triangle_areas(vertices, faces)
     if not area.sum() > 0:
         raise LyraAssetsError("the mesh has no surface area to sample")
     rng = np.random.default_rng(seed)
-    face = np.minimum(np.searchsorted(np.cumsum(area) / area.sum(), rng.random(count)), len(p) - 1)
+    face = np.minimum(np.searchsorted(np.cumsum(area) / area.sum(), rng.random(count)), len(faces) - 1)
     r1, r2 = rng.random(count), rng.random(count)
     flip = r1 + r2 > 1.0  # fold the unit square onto the triangle: uniform barycentrics
     r1, r2 = np.where(flip, 1.0 - r1, r1), np.where(flip, 1.0 - r2, r2)
-    tri = p[face]
+    tri = vertices[faces[face]]
     return tri[:, 0] + r1[:, None] * (tri[:, 1] - tri[:, 0]) + r2[:, None] * (tri[:, 2] - tri[:, 0])
 
 

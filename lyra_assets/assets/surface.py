@@ -12,7 +12,7 @@ import numpy as np
 import trimesh
 
 from .colour import SRGB_TO_LINEAR
-from .geometry import unit
+from .geometry import face_normals, unit
 
 MAX_GRID_CELLS = 8_000_000  # the triangle grid: 64 MB of cell offsets at most
 GRID_SHELLS = 3  # closest-point search: rings of cells searched before handing over to libigl
@@ -185,10 +185,9 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     vertices = np.asarray(vertices, np.float64)
     faces = np.asarray(faces, np.int64)
     welded = weld(vertices)
-    p = vertices[faces]
-    face_normals = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])  # length = twice the area
+    normals = face_normals(vertices, faces)  # area-weighted: length = twice the area
     corners = welded[faces].ravel()
-    acc = np.stack([np.bincount(corners, np.repeat(face_normals[:, k], 3), welded.max() + 1)
+    acc = np.stack([np.bincount(corners, np.repeat(normals[:, k], 3), welded.max() + 1)
                     for k in range(3)], axis=1)
     norm = np.linalg.norm(acc, axis=1, keepdims=True)
     unit = np.where(norm > 0, acc / np.where(norm > 0, norm, 1.0), [[0.0, 0.0, 1.0]])

@@ -24,7 +24,7 @@ import scipy.sparse.csgraph
 import xatlas
 
 from ..errors import LyraAssetsError
-from .geometry import perpendicular, unit
+from .geometry import perpendicular, triangle_areas, unit
 
 # At most this many faces per chunk (about 600 on average). bench/bench_assets.py, 20k triangles of a fused
 # room: 1.2 s chunked against 14.7 s in one piece.
@@ -213,7 +213,7 @@ def _chart_ids(faces: np.ndarray, n_vertices: int) -> np.ndarray:
 def _to_metres(uv: np.ndarray, faces: np.ndarray, positions: np.ndarray, charts: np.ndarray) -> np.ndarray:
     """Scale each chart so its UV area equals its surface area (UV units = metres), and lay the charts
     out side by side: xatlas treats UV vertices at one position as one, so charts must not touch."""
-    surface = _areas(positions, faces)
+    surface = triangle_areas(positions, faces)
     flat = np.abs(_signed_uv_areas(uv, faces))
     face_chart = charts[faces[:, 0]]
     n = charts.max() + 1
@@ -276,11 +276,6 @@ def _pack(uv: np.ndarray, faces: np.ndarray, size: int, padding: int,
 
 
 # -- measures ---------------------------------------------------------------------------------------------
-
-
-def _areas(positions: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    p = positions[faces]
-    return 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1)
 
 
 def _signed_uv_areas(uv: np.ndarray, faces: np.ndarray) -> np.ndarray:
