@@ -125,6 +125,8 @@ def asset_options(command):
         click.option("--lod0-triangles", type=int, help="Triangle budget of LOD0. [150000]"),
         click.option("--texture-size", type=int, help="Texture size of LOD0 in texels, a power of two. [2048]"),
         click.option("--lods", type=int, help="Levels of detail, LOD0 included, 2 to 8. [4]"),
+        click.option("--profile", "profiles", multiple=True, metavar="NAME",
+                     help="Engine profile: gltf, unity, unreal, godot or web; one file each, repeatable. [gltf]"),
         click.option("--format", "formats", multiple=True, type=click.Choice(["glb", "usd"]),
                      help="Also write this format (repeatable): usd = <name>.usdz with physics. [glb]"),
     ]
@@ -137,7 +139,7 @@ def settings_from_options(given: dict[str, Any]) -> dict[str, Any]:
     """The command line's options as a layer of settings, in the sidecar's shape (job.py validates it)."""
     where = {"preset": (), "generator": (), "prompt": (), "frames": ("path",), "lyra_frames": ("path",),
              "fov": ("camera",), "voxel_size": ("fusion",), "lod0_triangles": ("assets",),
-             "texture_size": ("assets",), "lods": ("assets",), "formats": ("export",)}
+             "texture_size": ("assets",), "lods": ("assets",), "formats": ("export",), "profiles": ("export",)}
     names = {"lyra_frames": "lyra_frame_count", "fov": "hfov_deg", "voxel_size": "voxel_size_m"}
     table: dict[str, Any] = {}
     for option, value in given.items():

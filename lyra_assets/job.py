@@ -182,7 +182,8 @@ def check_layer(layer: Layer) -> None:
         if key not in known:
             raise LyraAssetsError(f"{layer.source}: unknown key {key!r}; settings may hold: {', '.join(known)}")
         if key in NAMES and not isinstance(value, str):
-            raise LyraAssetsError(f"{layer.source}: {key} must be a name in quotes, e.g. {key} = \"...\", "
+            what = "text" if key == "prompt" else "a name"
+            raise LyraAssetsError(f"{layer.source}: {key} must be {what} in quotes, e.g. {key} = \"...\", "
                                   f"not {value!r}")
         if key not in NAMES and not isinstance(value, dict):
             raise LyraAssetsError(f"{layer.source}: [{key}] must be a table (a [{key}] section), not {value!r}")

@@ -7,6 +7,8 @@
     every atlas: albedo baked from the frames; the levels sharing LOD0's atlas share its albedo image
       (the same array, so the exporter writes it once)
     then errors and screen coverages (lod.py), and the collider from LOD0 (collision.py)
+Before all that, the floor is extended under the spawn (the first camera) where no frame saw it (spawn.py),
+so LOD0 and the collider have ground there.
 
 Texture sizes halve per level (texture_size >> k, at least settings.MIN_TEXTURE_SIZE). A level on LOD0's atlas
 bakes its normal map at its own size on LOD0's layout, so its gutters are LOD0's padding scaled down:
@@ -30,6 +32,7 @@ from . import LevelAsset, LodLevel
 from .bake import TexelLayout, bake_level
 from .collision import make_collider
 from .lod import compact, geometric_error, screen_coverages, simplify, surface_samples, welded
+from .spawn import floor_under_spawn
 from .surface import Surface, vertex_normals
 from .uv import Atlas, AtlasFull, tangents, unwrap_fitting
 
@@ -63,6 +66,7 @@ def make_level_asset(name: str, dense: trimesh.Trimesh, walk: Walkthrough,
     """LOD chain with baked textures and a collider for the fused `dense` mesh (vertex colours sRGB)."""
     if len(dense.faces) == 0:
         raise LyraAssetsError("asset stage: the fused mesh has no triangles")
+    dense, spawn = floor_under_spawn(dense, walk.path)
     n_levels = 1 + len(settings.lod_ratios)
     surface = Surface(dense)
     progress("lod", 0, n_levels)
@@ -110,7 +114,7 @@ def make_level_asset(name: str, dense: trimesh.Trimesh, walk: Walkthrough,
     for lod, error, coverage in zip(lods, errors, coverages):
         lod.geometric_error, lod.screen_coverage = error, coverage
     collider = make_collider(lod0_vertices, lod0_faces, settings.collider_triangles, walk.path.c2w[:, :3, 3])
-    return LevelAsset(name, lods, collider)
+    return LevelAsset(name, lods, collider, spawn=spawn)
 
 
 def _own_atlas(vertices: np.ndarray, faces: np.ndarray, level: int, settings: AssetSettings) -> _Geometry:

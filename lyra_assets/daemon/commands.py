@@ -37,10 +37,13 @@ EXIT_BAD_INPUT = 2  # as lyra_assets.cli: bad input prints one line and exits 2
               help="Seconds a sidecar without an image waits for one before it goes to failed/.")
 @click.option("--stall-timeout", type=click.FloatRange(min=0.1), default=3600.0, show_default=True,
               help="Seconds without progress after which a run is stopped as stuck (and counts as a crash).")
+@click.option("--dead-after", type=click.FloatRange(min=1), default=STALE_AFTER_S, show_default=True,
+              help="Seconds without a heartbeat after which a daemon on another host counts as dead and its jobs "
+                   "are taken over (one on this host counts as dead only once its process is gone).")
 @click.pass_context
 def watch(ctx: click.Context, root: Path, workers: int | None, polling: bool, ray_address: str | None,
           gpu_generators: tuple[str, ...], settle: float, scan_every: float, grace: float, max_attempts: int,
-          sidecar_wait: float, stall_timeout: float) -> None:
+          sidecar_wait: float, stall_timeout: float, dead_after: float) -> None:
     """Build every image dropped into ROOT/inbox/, until stopped (SIGTERM or Ctrl-C).
 
     Results go to ROOT/out/<name>/ (with a status.json), originals to ROOT/done/, and what cannot be built
@@ -58,8 +61,8 @@ def watch(ctx: click.Context, root: Path, workers: int | None, polling: bool, ra
         click.echo(f"error: {exc}", err=True)
         ctx.exit(EXIT_BAD_INPUT)
     options = Options(settle_s=settle, scan_every_s=scan_every, grace_s=grace, max_attempts=max_attempts,
-                      sidecar_wait_s=sidecar_wait, stall_s=stall_timeout, polling=polling)
-    Service(drop_root, executor, defaults, options).run()
+                      sidecar_wait_s=sidecar_wait, stall_s=stall_timeout, stale_after_s=dead_after, polling=polling)
+    ctx.exit(Service(drop_root, executor, defaults, options).run())
 
 
 def _executor(ray_address: str | None, workers: int | None, gpu_generators: frozenset[str]):

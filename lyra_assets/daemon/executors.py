@@ -11,14 +11,18 @@ The daemon keeps at most `capacity` runs in flight and decides everything else f
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Future
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection, wait
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import LyraAssetsError
 from . import runner
@@ -68,10 +72,10 @@ class LocalExecutor:
     kill -9, so no orphan keeps writing a job the restarted daemon runs again.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, work: Callable[[Any], Any] = runner.run) -> None:
         self.capacity = workers
         context = multiprocessing.get_context("spawn")
-        self._workers = [_Worker(context) for _ in range(workers)]
+        self._workers = [_Worker(context, work) for _ in range(workers)]
         self._idle = list(self._workers)
         self._busy: dict[str, _Worker] = {}  # job -> the worker running it
         self._lock = threading.Lock()
@@ -115,8 +119,9 @@ class LocalExecutor:
 
 
 class _Worker:
-    def __init__(self, context) -> None:
+    def __init__(self, context, work: Callable[[Any], Any]) -> None:
         self._context = context
+        self._work = work  # a module-level function: `spawn` sends it to the process by name
         self._process = None
         self._conn: Connection | None = None
         self._lifeline: Connection | None = None
@@ -162,7 +167,7 @@ class _Worker:
         self._jobs = 0
         self._conn, child_conn = self._context.Pipe()
         lifeline_end, self._lifeline = self._context.Pipe(duplex=False)
-        self._process = self._context.Process(target=_serve, args=(child_conn, lifeline_end),
+        self._process = self._context.Process(target=_serve, args=(child_conn, lifeline_end, self._work),
                                               name="lyra-assets worker")
         self._process.start()
         child_conn.close()
@@ -199,10 +204,11 @@ class _Worker:
             self._discard()
 
 
-def _serve(conn: Connection, lifeline: Connection) -> None:
+def _serve(conn: Connection, lifeline: Connection, work: Callable[[Any], Any]) -> None:
     """A worker process: run tasks until the daemon closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _log_output_as_json()
     threading.Thread(target=_exit_with_daemon, args=(lifeline,), daemon=True).start()
     while True:
         try:
@@ -210,12 +216,32 @@ def _serve(conn: Connection, lifeline: Connection) -> None:
         except EOFError:
             return
         try:
-            reply = ("ok", runner.run(task))
+            reply = ("ok", work(task))
         except LyraAssetsError as exc:
             reply = ("bad-input", str(exc))
         except Exception:  # a bug or a resource problem: reported with its traceback, retried
             reply = ("error", traceback.format_exc())
         conn.send(reply)
+
+
+def _log_output_as_json() -> None:
+    """The worker shares the daemon's stderr, whose every line is a JSON object: whatever a library prints
+    there (a warning, a native library's message, a traceback) is wrapped into a `worker_output` line."""
+    sys.stderr.flush()
+    read, write = os.pipe()
+    original = os.dup(2)
+    os.dup2(write, 2)
+    os.close(write)
+
+    def forward() -> None:
+        with os.fdopen(read, "rb") as lines, os.fdopen(original, "wb", buffering=0) as out:
+            for line in lines:
+                record = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), "level": "warning",
+                          "event": "worker_output", "pid": os.getpid(),
+                          "line": line.decode("utf-8", "replace").rstrip("\n")}
+                out.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    threading.Thread(target=forward, name="stderr as JSON", daemon=True).start()
 
 
 def _exit_with_daemon(lifeline: Connection) -> None:

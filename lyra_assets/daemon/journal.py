@@ -54,7 +54,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs(key);
 """
 
 ACTIVE = ("claimed", "queued", "running")
-STALE_AFTER_S = 60.0  # a daemon whose heartbeat is older is dead (the only sign for one on another host)
+STALE_AFTER_S = 60.0  # a daemon on another host whose heartbeat is older is dead (the only sign there is)
 FINAL = ("done", "duplicate", "failed")
 
 
@@ -156,11 +156,14 @@ class Journal:
         return [DaemonRow(**dict(r)) for r in self._conn().execute("SELECT * FROM daemons ORDER BY started")]
 
     def dead_daemons(self, stale_after_s: float) -> list[str]:
-        """Daemons that stopped, whose process is gone (same host), or whose heartbeat is stale (any host)."""
+        """Daemons that stopped; on this host, those whose process is gone (a live PID is never declared dead,
+        however old its heartbeat: it may be stopped, swapping or busy, and would carry on building what
+        another daemon took over); on another host, those whose heartbeat is stale."""
         now, host = time.time(), socket.gethostname()
         dead = []
         for d in self.daemons():
-            if d.stopped is not None or now - d.heartbeat > stale_after_s or (d.host == host and not _alive(d.pid)):
+            if d.stopped is not None or (not _alive(d.pid, d.started) if d.host == host
+                                         else now - d.heartbeat > stale_after_s):
                 dead.append(d.id)
         return dead
 
@@ -243,11 +246,24 @@ class Journal:
         return {r["state"]: r["n"] for r in rows}
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, registered: float) -> bool:
+    """Is the daemon that registered at `registered` still this PID? A PID reused by a later process (a
+    restarted container numbers its processes from 1 again) started after the daemon registered."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process: alive
-        return True
-    return True
+        pass
+    started = _process_start(pid)
+    return started is None or started <= registered + 2.0  # the boot time has whole-second precision
+
+
+def _process_start(pid: int) -> float | None:
+    """When the process started (Linux /proc); None where that cannot be read."""
+    try:
+        ticks = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from pathlib import Path
 from ..errors import LyraAssetsError
 
 NAME_BYTES = 240  # under the usual 255-byte limit on a file name
-
+MIN_FREE_BYTES = 256 * 2**20  # below this the daemon stops taking work: a full disk fails every job
 
 @dataclass(frozen=True)
 class DropRoot:
@@ -67,6 +69,26 @@ class DropRoot:
     def job_dir(self, job_id: str) -> Path:
         return self.work / job_id
 
+    def fault(self) -> str | None:
+        """What keeps the daemon from working in its own folders (not writable, gone, the disk full), or None.
+        Each folder gets a small nameless temporary file written (O_TMPFILE where there is one): the only test
+        that also catches a read-only mount, a full quota and lost permissions, and one that leaves nothing
+        behind when the daemon is killed in the middle of it."""
+        for folder in (self.inbox, self.work, self.out, self.done, self.failed):
+            try:
+                with tempfile.TemporaryFile(dir=folder, prefix=".probe-") as f:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+            except OSError as exc:
+                return f"{folder}: {exc.strerror or exc}"
+        try:
+            free = shutil.disk_usage(self.path).free
+        except OSError as exc:
+            return f"{self.path}: {exc.strerror or exc}"
+        if free < MIN_FREE_BYTES:
+            return f"{self.path}: the disk is full ({free // 2**20} MiB free)"
+        return None
+
 
 def new_job_id() -> str:
     """Sortable by claim time, unique across daemons."""
@@ -100,6 +122,11 @@ def file_group(files: list[tuple[Path, str]], folder: Path, stem: str) -> list[P
 
 def _fit(stem: str, longest_rest: str) -> str:
     """Shorten the stem so the longest name of the group stays under the file-name limit."""
-    while stem and len((stem + longest_rest).encode("utf-8", "surrogateescape")) > NAME_BYTES:
-        stem = stem[:-1]
-    return stem
+    return fit_bytes(stem, NAME_BYTES - len(longest_rest.encode("utf-8", "surrogateescape")))
+
+
+def fit_bytes(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes (as the file system counts them), on a character boundary."""
+    while text and len(text.encode("utf-8", "surrogateescape")) > limit:
+        text = text[:-1]
+    return text

@@ -208,9 +208,10 @@ class Lyra2Generator:
     @property
     def root(self) -> Path:
         if self.settings.root is None:
-            raise LyraAssetsError("lyra2: where is Lyra 2.0? Set LYRA2_ROOT (or root in the sidecar's [lyra2] "
-                                  "table) to the Lyra-2 folder of `git clone --recursive "
-                                  "https://github.com/nv-tlabs/lyra`")
+            raise LyraAssetsError("lyra2: where is Lyra 2.0? Set LYRA2_ROOT where lyra-assets runs (or root in "
+                                  "the [lyra2] table of a command-line sidecar, or of a drop folder's "
+                                  "defaults.toml: a dropped sidecar may not set it) to the Lyra-2 folder of "
+                                  "`git clone --recursive https://github.com/nv-tlabs/lyra`")
         return self.settings.root.expanduser().resolve()
 
     @property
