@@ -1,11 +1,14 @@
 """The generator's output: frames, metric depth, observed-vs-synthesised masks and cameras, as a plain folder.
 
-Folder layout (version 1), readable by any tool:
+Folder layout (version 2), readable by any tool:
 
     manifest.json        what made it: generator, versions, input hashes, resolved preset, timings, notes
     input.png            the concept image as the generator saw it (8-bit RGB, upright)
     frames/000000.png    one RGB frame per camera
-    depth.npz            depth (N,H,W) float32, metres along the camera z axis, 0 = unknown
+    depth.npz            depth (N,H,W) float16, metres along the camera z axis, 0 = unknown; float16 keeps
+                         11 significant bits: each value within 0.05 % of the float32 depth (0.5 mm per
+                         metre), 0 stays exactly 0. A depth beyond float16's range (65504 m) is stored
+                         float32 instead. Version 1 folders (float32 depth) read the same way.
     observed.npz         observed (N,H,W) bool: True where the pixel shows what the input image saw
     trajectory.npz       the cameras, in NVIDIA Lyra 2.0's layout (see trajectory.py)
     splats.ply           optional: the generator's 3D Gaussian splats, in this world frame (see splats.py)
@@ -16,21 +19,26 @@ Folder layout (version 1), readable by any tool:
 from __future__ import annotations
 
 import json
+import os
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .errors import LyraAssetsError
 from .files import output_folder, write_atomically, write_json_atomically
 from .splats import GaussianSplats, read_ply, write_ply
 from .trajectory import CameraPath
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+DEPTH_RELATIVE_PRECISION = 2.0**-11  # float16 rounding: at most this fraction of the depth (module doc)
+FLOAT16_MAX = 65504.0
 FRAME_NAME = "{:06d}.png"
 
 
@@ -67,10 +75,11 @@ class Walkthrough:
         with output_folder(folder, force) as tmp:
             (tmp / "frames").mkdir()
             # PNG and zlib encoding release the GIL and x264 runs in its own process: write side by side.
-            with ThreadPoolExecutor(max_workers=3) as pool:
+            with ThreadPoolExecutor(max_workers=max(3, os.cpu_count() or 1)) as pool:
                 writes = [
                     pool.submit(write_preview_mp4, tmp / "preview.mp4", self.frames, self.path.fps),
-                    pool.submit(_save_npz_fast, tmp / "depth.npz", depth=self.depth),
+                    pool.submit(_save_npz_fast, tmp / "depth.npz", depth=self.depth,
+                                dtype=np.float16 if self.depth.max() <= FLOAT16_MAX else np.float32),
                     pool.submit(_save_npz_fast, tmp / "observed.npz", observed=self.observed),
                 ]
                 writes += [pool.submit(cv2.imwrite, str(tmp / "frames" / FRAME_NAME.format(i)), frame[:, :, ::-1])
@@ -90,6 +99,15 @@ class Walkthrough:
             write_json_atomically(tmp / "manifest.json", manifest)
         return folder
 
+    def save_in_background(self, folder: str | Path, force: bool = False) -> Future[Path]:
+        """`save` on a thread of its own, so later stages need not wait for the files; the future's
+        result() is the folder, or raises what the writer raised. The arrays must not change meanwhile."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="walkthrough-save")
+        try:
+            return pool.submit(self.save, folder, force)
+        finally:
+            pool.shutdown(wait=False)  # the thread ends with its one task
+
     # -- reading ----------------------------------------------------------------------------------------
 
     @classmethod
@@ -105,6 +123,10 @@ class Walkthrough:
             info = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
         except ValueError as exc:
             raise LyraAssetsError(f"{folder / 'manifest.json'}: not valid JSON ({exc})") from exc
+        version = info.get("format_version", 1)
+        if version not in READABLE_VERSIONS:
+            raise LyraAssetsError(f"{folder / 'manifest.json'}: walkthrough format version {version}; this "
+                                  f"lyra-assets reads versions {READABLE_VERSIONS}: update lyra-assets")
         path = CameraPath.from_lyra_npz(folder / "trajectory.npz", fps=float(info.get("fps", 16.0)))
         frame_files = sorted((folder / "frames").glob("*.png"))
         if len(frame_files) != len(path):
@@ -132,14 +154,21 @@ class Walkthrough:
                    splats, labelled)
 
 
-def _save_npz_fast(path: Path, **arrays: np.ndarray) -> None:
-    """np.savez_compressed at zlib level 1: several times faster than the default level, nearly as small."""
+def _save_npz_fast(path: Path, dtype: DTypeLike | None = None, **arrays: np.ndarray) -> None:
+    """np.savez_compressed at zlib level 1 (several times faster than the default level, nearly as small),
+    each array stored as `dtype` if given. Written one frame (first index) at a time, so a conversion never
+    copies the whole array."""
 
     def write(f):
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
             for key, value in arrays.items():
+                stored = np.dtype(dtype or value.dtype).newbyteorder("<")
+                header = {"descr": np.lib.format.dtype_to_descr(stored), "fortran_order": False,
+                          "shape": value.shape}
                 with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, np.ascontiguousarray(value), allow_pickle=False)
+                    np.lib.format.write_array_header_1_0(member, header)
+                    for frame in value:
+                        member.write(np.ascontiguousarray(frame, stored).tobytes())
 
     write_atomically(path, write)
 
@@ -199,7 +228,8 @@ def contact_sheet(walk: Walkthrough, columns: int = 5, tile_width: int = 320) ->
     h, w = walk.path.height, walk.path.width
     tile_h = round(tile_width * h / w)
     idx = np.linspace(0, len(walk) - 1, columns).round().astype(int)
-    far = float(np.percentile(walk.depth[walk.depth > 0], 99)) if (walk.depth > 0).any() else 1.0
+    shown = walk.depth[idx]  # the scale from the frames shown: memory for a few frames, not the whole walk
+    far = float(np.percentile(shown[shown > 0], 99)) if (shown > 0).any() else 1.0
 
     def tile(image: np.ndarray) -> np.ndarray:
         return cv2.resize(image, (tile_width, tile_h), interpolation=cv2.INTER_AREA)

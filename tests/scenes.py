@@ -135,3 +135,16 @@ class OpenGroundScene:
             depth[i] = np.where(sky, 0.0, t)
         return Walkthrough(frames, depth, np.ones((n, h, w), bool), path, frames[0].copy(),
                            {"generator": {"name": "test-open-ground"}})
+
+
+def sample_bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """(P, C) floats 0..1: a GPU's bilinear lookup of a uint8 texture at glTF UVs (texel (col, row) centred
+    at ((col + .5) / S, (row + .5) / S), clamped at the edges)."""
+    size = image.shape[0]
+    x, y = uv[:, 0] * size - 0.5, uv[:, 1] * size - 0.5
+    x0 = np.clip(np.floor(x).astype(int), 0, size - 2)
+    y0 = np.clip(np.floor(y).astype(int), 0, size - 2)
+    fx, fy = np.clip(x - x0, 0, 1)[:, None], np.clip(y - y0, 0, 1)[:, None]
+    img = image.astype(np.float64) / 255.0
+    return ((1 - fx) * (1 - fy) * img[y0, x0] + fx * (1 - fy) * img[y0, x0 + 1]
+            + (1 - fx) * fy * img[y0 + 1, x0] + fx * fy * img[y0 + 1, x0 + 1])
