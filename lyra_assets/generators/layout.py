@@ -29,7 +29,7 @@ from typing import Any, Callable, Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 
 from .. import __version__
@@ -38,6 +38,7 @@ from ..images import ConceptImage
 from ..motions import FreeSpace
 from ..presets import Preset
 from ..progress import Progress
+from ..settings import validated
 from ..trajectory import CameraPath, intrinsics_from_fov, pixel_centres
 from ..walkthrough import Walkthrough
 from . import open_scene
@@ -118,13 +119,10 @@ class LayoutGenerator:
     takes_prompt = False
     operator_only: tuple[str, ...] = ()
     notice = None
+    settings_model = LayoutHints
 
     def __init__(self, preset: Preset, settings: dict[str, Any], source: str = "settings") -> None:
-        try:
-            self.hints = LayoutHints.model_validate(settings)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise LyraAssetsError(f"{source}: [layout] {problems}") from exc
+        self.hints = validated(LayoutHints, settings, source, "[layout]")
         self.preset = preset
         self._fitted: tuple[str, Layout] | None = None
 
