@@ -381,7 +381,7 @@ def bench_scene(scene: str, methods: list[str], presets: list[str], settings: Se
                 rows.append((f"truth on {method}'s path", walked))
             rows.append((method, walk.frames))
             print(f"  {scene:<10} {preset:<16} {method:<11} {summary(record)}", file=sys.stderr, flush=True)
-        sheet_rows.append((preset, first.frame(0), rows))
+        sheet_rows.append((preset, rows))
     return records, contact_sheet(scene, sheet_rows)
 
 
@@ -395,18 +395,18 @@ def _K(settings: Settings) -> np.ndarray:
     return np.array([[f, 0, settings.width / 2], [0, f, settings.height / 2], [0, 0, 1.0]])
 
 
-def contact_sheet(scene: str, blocks: list[tuple[str, np.ndarray, list[tuple[str, Any]]]]) -> np.ndarray:
-    """Per preset: the concept image, then the truth and each method at 25/50/75/100 % of the path."""
+def contact_sheet(scene: str, blocks: list[tuple[str, list[tuple[str, Any]]]]) -> np.ndarray:
+    """Per preset: the truth (its first tile is the concept image) and each method, at 0/25/50/75/100 % of the
+    path."""
     tiles = []
-    for preset, concept, rows in blocks:
+    for preset, rows in blocks:
         for label, frames in rows:
             is_truth = isinstance(frames, Truth)
             n = len(frames.path) if is_truth else len(frames)
-            shown = [frames.frame(i) if is_truth else frames[i] for i in wm.path_indices(n)]
-            row = [_label(concept if label == "truth" else np.zeros_like(concept),
-                          f"{scene} / {preset}" if label == "truth" else "")]
-            row += [_label(image, f"{label} {int(f * 100)}%") for f, image in zip(wm.PATH_FRACTIONS, shown)]
-            tiles.append(np.hstack(row))
+            shown = [frames.frame(i) if is_truth else frames[i] for i in [0, *wm.path_indices(n)]]
+            names = [f"{scene} / {preset}" if label == "truth" else f"{label} 0%"]
+            names += [f"{label} {int(f * 100)}%" for f in wm.PATH_FRACTIONS]
+            tiles.append(np.hstack([_label(image, name) for image, name in zip(shown, names)]))
     return np.vstack(tiles)
 
 

@@ -127,6 +127,8 @@ def asset_options(command):
         click.option("--lod0-triangles", type=int, help="Triangle budget of LOD0. [150000]"),
         click.option("--texture-size", type=int, help="Texture size of LOD0 in texels, a power of two. [2048]"),
         click.option("--lods", type=int, help="Levels of detail, LOD0 included, 2 to 8. [4]"),
+        click.option("--profile", "profiles", multiple=True, metavar="NAME",
+                     help="Engine profile: gltf, unity, unreal, godot or web; one file each, repeatable. [gltf]"),
         click.option("--format", "formats", multiple=True, type=click.Choice(["glb", "usd"]),
                      help="Also write this format (repeatable): usd = <name>.usdz with physics. [glb]"),
     ]
@@ -139,7 +141,8 @@ def settings_from_options(given: dict[str, Any]) -> dict[str, Any]:
     """The command line's options as a layer of settings, in the sidecar's shape (job.py validates it)."""
     where = {"preset": (), "generator": (), "prompt": (), "frames": ("path",), "lyra_frames": ("path",),
              "fov": ("camera",), "voxel_size": ("fusion",), "lod0_triangles": ("assets",),
-             "texture_size": ("assets",), "lods": ("assets",), "formats": ("export",), "depth_model": ("depth",)}
+             "texture_size": ("assets",), "lods": ("assets",), "formats": ("export",), "profiles": ("export",),
+             "depth_model": ("depth",)}
     names = {"lyra_frames": "lyra_frame_count", "fov": "hfov_deg", "voxel_size": "voxel_size_m",
              "depth_model": "model"}
     table: dict[str, Any] = {}
@@ -150,9 +153,9 @@ def settings_from_options(given: dict[str, Any]) -> dict[str, Any]:
         for key in where[option]:
             section = section.setdefault(key, {})
         section[names.get(option, option)] = value
-    if "depth" in table:  # --depth-model means -g depth; with another generator it would go unused
-        if table.setdefault("generator", "depth") != "depth":
-            raise LyraAssetsError(f"--depth-model is for -g depth, not -g {table['generator']}")
+    # --depth-model means -g depth; with another generator it would go unused
+    if "depth" in table and table.setdefault("generator", "depth") != "depth":
+        raise LyraAssetsError(f"--depth-model is for -g depth, not -g {table['generator']}")
     return table
 
 

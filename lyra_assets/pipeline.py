@@ -10,7 +10,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from . import __version__, generators
 from .assets.collision import spawn_clearance
 from .assets.level import make_level_asset
 from .errors import LyraAssetsError
-from .export.gltf import write_glb
+from .export.profiles import DEFAULT_PROFILE, profile_file, write_profile
 from .export.preview import render_preview
 from .export.splats import export_splats
 from .files import write_json_atomically
@@ -129,15 +129,18 @@ def build(image: str | Path | JobSpec, preset: str | None = None, out_dir: str |
     if saved is None:
         _refuse_existing([folder / "walkthrough"], force)
         walkthrough = walk(spec, progress)
-        progress("save", 0, 1, "walkthrough")
-        walkthrough.save(folder / "walkthrough", force=force)
-        progress("save", 1, 1, "walkthrough")
     else:
         progress("survey", 1, 1, "using the walkthrough this job saved before")
         walkthrough = saved
     provenance = Provenance.from_json(walkthrough.info["provenance"], str(folder / "walkthrough"))
-    return _make_asset(walkthrough, folder / "walkthrough", folder, spec.name, provenance.respecified(spec), force,
-                       progress)
+
+    def make_asset() -> BuildResult:
+        return _make_asset(walkthrough, folder / "walkthrough", folder, spec.name, provenance.respecified(spec),
+                           force, progress)
+
+    if saved is not None:
+        return make_asset()
+    return _with_walkthrough_saved(walkthrough, folder / "walkthrough", force, progress, make_asset)
 
 
 def mesh(walkthrough_dir: str | Path, out_dir: str | Path = "out", name: str | None = None, *,
@@ -162,12 +165,13 @@ def mesh(walkthrough_dir: str | Path, out_dir: str | Path = "out", name: str | N
 
 
 def _export_paths(folder: Path, name: str, spec: JobSpec) -> list[Path]:
-    """The asset files the job writes: the GLB, then the USD package when asked for."""
+    """The asset files the job writes: one GLB per engine profile, then the USD package when asked for."""
+    glbs = [profile_file(folder, name, profile) for profile in spec.export.profiles]
     if "usd" not in spec.export.formats:
-        return [folder / f"{name}.glb"]
+        return glbs
     from .export import usd  # noqa: F401  usd-core is optional: a missing one is reported here, before any work
 
-    return [folder / f"{name}.glb", folder / f"{name}.usdz"]
+    return [*glbs, folder / f"{name}.usdz"]
 
 
 def _recorded_provenance(walkthrough: Walkthrough, folder: Path, options: dict[str, Any] | None) -> Provenance:
@@ -213,14 +217,21 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
     asset.extras = provenance.extras()
 
     started = time.perf_counter()
-    progress("export", 0, 2, "glTF")
-    glb, *usd = _export_paths(folder, name, spec)
-    summary = write_glb(asset, glb)
-    outputs = {"glb": {"file": glb.name, "bytes": summary["bytes"]}}
+    paths = _export_paths(folder, name, spec)
+    glbs, usd = paths[:len(spec.export.profiles)], paths[len(spec.export.profiles):]
+    steps = len(paths) + 1
+    outputs: dict[str, Any] = {}
+    for k, (profile, path) in enumerate(zip(spec.export.profiles, glbs)):  # one file per engine profile
+        progress("export", k, steps, f"glTF ({profile})")
+        summary = write_profile(asset, profile, path)
+        outputs["glb" if profile == DEFAULT_PROFILE else f"glb.{profile}"] = {"file": path.name,
+                                                                            "bytes": summary["bytes"]}
+    level = summary["level"]  # spawn, bounding sphere, LOD switch distances (glTF frame, metres)
+    glb = glbs[0]
     if usd:
         from .export.usd import write_usd  # usd-core is optional: imported only when USD is asked for
 
-        progress("export", 0, 2, "USD")
+        progress("export", len(glbs), steps, "USD")
         summary = write_usd(asset, usd[0])
         outputs["usd"] = {"file": usd[0].name, "bytes": summary["bytes"], "root": summary["root"]}
     if walkthrough.splats is not None:  # next to the GLB, in its frame: Y up, metres
@@ -228,11 +239,13 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
         export_splats(walkthrough.splats, splats_file)
         outputs["splats"] = {"file": splats_file.name, "bytes": splats_file.stat().st_size,
                              "gaussians": len(walkthrough.splats)}
-    progress("export", 1, 2, "preview")
+    progress("export", steps - 1, steps, "preview")
     preview = folder / "preview.png"
     shown = walkthrough.frames[np.linspace(0, len(walkthrough) - 1, 4).round().astype(int)]
-    render_preview(asset, walkthrough.input_image, list(shown), preview)
-    progress("export", 2, 2, "done")
+    # The generator's labelling of the concept image (if it made one) shows how it read the picture.
+    render_preview(asset, walkthrough.input_image if walkthrough.labelled is None else walkthrough.labelled,
+                   list(shown), preview)
+    progress("export", steps, steps, "done")
     timings["export"] = round(time.perf_counter() - started, 3)
 
     manifest = {
@@ -247,9 +260,11 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
         "lods": [{"node": f"{name}_LOD{i}", "triangles": int(len(lod.faces)), "vertices": int(len(lod.vertices)),
                   "texture_size": int(lod.albedo.shape[0]), "screen_coverage": lod.screen_coverage,
                   "geometric_error_m": lod.geometric_error} for i, lod in enumerate(asset.lods)],
-        "collider": {"node": f"{name}_collider", "triangles": int(len(asset.collider.faces)), **asset.collider.notes},
-        # For robots: a ray down from the spawn (the first camera) to the collider's floor, and up to its ceiling.
-        "spawn": {"camera": 0, **spawn_clearance(asset.collider)},
+        "collider": {"mesh": f"{name}_collider", "triangles": int(len(asset.collider.faces)), **asset.collider.notes},
+        # The spawn in the glTF frame; for robots, a ray down from it to the collider's floor, and up to its ceiling.
+        "spawn": {**level["spawn"], "camera": 0, **spawn_clearance(asset.collider)},
+        "bounding_sphere": level["bounding_sphere"],
+        "lod_switch": level["lod_switch"],
         "timings_s": timings,
         "outputs": {**outputs, "preview": {"file": preview.name, "bytes": preview.stat().st_size},
                     "walkthrough": {"folder": str(walkthrough_dir)}},
@@ -257,6 +272,26 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
     manifest_path = folder / "manifest.json"
     write_json_atomically(manifest_path, manifest)
     return BuildResult(glb, manifest_path, preview, walkthrough_dir, manifest, usd[0] if usd else None)
+
+
+def _with_walkthrough_saved(walkthrough: Walkthrough, target: Path, force: bool, progress: Progress,
+                            make: Callable[[], BuildResult]) -> BuildResult:
+    """Save the walkthrough in the background while `make` runs the later stages; wait for both. An error
+    in either is raised (the stages' first: the walkthrough is still kept for a retry)."""
+    progress("save", 0, 1, "walkthrough, in the background")
+    saving = walkthrough.save_in_background(target, force=force)
+    try:
+        result = make()
+    except BaseException:
+        saving.exception()  # wait, so no half-written folder is left while the error propagates
+        raise
+    try:
+        saving.result()
+    except OSError as exc:
+        raise LyraAssetsError(f"{target}: could not write the walkthrough ({exc}); check the disk's free "
+                              "space and permissions, then run `lyra-assets build` again") from exc
+    progress("save", 1, 1, "walkthrough")
+    return result
 
 
 def _refuse_existing(paths: list[Path], force: bool) -> None:

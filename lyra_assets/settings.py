@@ -74,13 +74,17 @@ class FusionSettings(_Table):
     voxel_size_m: float | None = Field(None, gt=0, le=10, description="TSDF voxel size [from the scene's extent]")
 
 
+# The engine profiles export/profiles.py writes (gltf: the default layout).
+ProfileName = Literal["gltf", "unity", "unreal", "godot", "web"]
+
+
 class ExportSettings(_Table):
     """`[export]`: which files the asset is written as."""
 
     formats: tuple[Literal["glb", "usd"], ...] = Field(
         ("glb",), min_length=1, description="file formats to write: glb (always written), usd (.usdz with physics)")
-    profiles: tuple[Literal["gltf"], ...] = Field(("gltf",), min_length=1,
-                                                  description="engine profiles of the glTF, one file each")
+    profiles: tuple[ProfileName, ...] = Field(("gltf",), min_length=1,
+                                              description="engine profiles of the glTF, one file each")
 
     @field_validator("formats", "profiles")
     @classmethod

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set up everything the tests need on a fresh machine, then run the whole suite:
 #   .venv/          the package with its test extra (editable)
-#   node_modules/   the Khronos glTF-Validator (npm, pinned in package-lock.json)
+#   node_modules/   the Khronos glTF-Validator, three.js, gltf-transform (npm, pinned in package-lock.json)
 #   .venv-blender/  Blender as a Python module (PyPI bpy 5.0.1, Python 3.11), for the importer tests
+#   chromium, godot3-server  Debian packages the client tests drive (three.js in headless Chromium, Godot 3's
+#                   glTF importer); installed with apt-get when missing and running as root (as CI does)
 # Extra arguments go to pytest, e.g. scripts/test.sh -k layout
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +21,21 @@ rm -rf .venv/lib/python3.11/site-packages/lyra_assets
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
 npm ci --no-audit --no-fund --loglevel=error
+
+missing_debs=()
+command -v chromium >/dev/null || missing_debs+=(chromium)
+command -v godot3-server >/dev/null || missing_debs+=(godot3-server)
+if [ ${#missing_debs[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "scripts/test.sh: installing Debian packages for the client tests: ${missing_debs[*]}" >&2
+        # A failed install is reported, not fatal: the client tests then say what is missing (and fail under CI).
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+              "${missing_debs[@]}" >/dev/null; } || echo "scripts/test.sh: apt-get could not install them" >&2
+    else
+        echo "scripts/test.sh: missing ${missing_debs[*]}; install them (apt-get install ${missing_debs[*]})" \
+             "or the client tests skip (and fail under CI)" >&2
+    fi
+fi
 
 if ! .venv-blender/bin/python -c "import bpy" 2>/dev/null; then
     "$PYTHON" -m venv .venv-blender

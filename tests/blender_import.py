@@ -54,7 +54,8 @@ def main(path, guides=False):
     objects = []
     for obj in sorted(bpy.context.scene.objects, key=lambda o: o.name):
         entry = {"name": obj.name, "type": obj.type, "parent": obj.parent.name if obj.parent else None,
-                 "custom_properties": properties(obj)}
+                 "custom_properties": properties(obj), "collections": [c.name for c in obj.users_collection],
+                 "visible": obj.visible_get()}
         if obj.type == "MESH":
             entry.update(bounds=world_bounds(obj), vertices=len(obj.data.vertices),
                          triangles=sum(len(p.vertices) - 2 for p in obj.data.polygons),

@@ -1,13 +1,17 @@
 """The main job end to end: concept image -> walkthrough -> fused mesh -> LOD chain -> GLB, checked by the
-real clients (Khronos glTF-Validator, Blender's importer), and the `mesh` command on a saved walkthrough."""
+real clients (Khronos glTF-Validator, Blender's importer, three.js), and the `mesh` command on a saved
+walkthrough."""
 import json
 
+import igl
 import numpy as np
+import pygltflib as gl
 import pytest
 from click.testing import CliRunner
+from clients import blender_import, three_render
+from test_export import validator_report
 
-from clients import blender_import, validate
-from lyra_assets import build
+from lyra_assets import build, mesh
 from lyra_assets.cli import main
 
 SMALL = {"camera": {"width": 208, "height": 120}, "path": {"frames": 13},
@@ -43,19 +47,45 @@ def test_outputs_and_manifest(built):
 
 
 def test_validator_reports_no_errors_or_warnings(built):
-    report = validate(built[0].glb)
-    issues = report["issues"]
-    assert issues["numErrors"] == 0 and issues["numWarnings"] == 0, issues["messages"]
-    infos = {m["code"] for m in issues["messages"] if m["severity"] == 2}
-    assert infos <= {"UNSUPPORTED_EXTENSION"}
+    validator_report(built[0].glb)
 
 
-def test_blender_imports_lods_collider_and_textures_at_metre_scale(built):
+def test_spawn_has_floor_and_collision_under_it_and_a_full_view(built):
+    result = built[0]
+    spawn = result.manifest["spawn"]
+    assert spawn["position"] == [0.0, 0.0, 0.0]  # the first camera is the glTF origin
+    # The floor under the spawn is the generator's, 1.6 m below the eye; the asset stage laid it there.
+    assert spawn["ground"][1] == pytest.approx(-1.6, abs=0.05) and spawn["floor_patch_m2"] > 0
+    gltf = gl.GLTF2().load_binary(str(result.glb))
+    (shape,) = gltf.extensions["OMI_physics_shape"]["shapes"]
+    primitive = gltf.meshes[shape["trimesh"]["mesh"]].primitives[0]
+    vertices = _accessor(gltf, primitive.attributes.POSITION).reshape(-1, 3).astype(np.float64)
+    faces = _accessor(gltf, primitive.indices).reshape(-1, 3).astype(np.int64)
+    down = igl.ray_mesh_intersect(np.zeros(3), np.array([0.0, -1.0, 0.0]), vertices, faces, True)
+    assert down and down[0][1] == pytest.approx(1.6, abs=0.05)  # the collider is there too
+    # three.js from the spawn camera: LOD0 alone, filling the view. This small walkthrough (208 x 120
+    # pixels, 13 frames) fuses with a few pinholes along creases (about 0.4 % of the view); the full-size
+    # default build shows none (README, Engine profiles), nor does test_profiles' room.
+    shown = three_render(result.glb, width=208, height=120)
+    assert shown["meshes"] == ["corridor_LOD0"] and shown["triangles"] == result.manifest["lods"][0]["triangles"]
+    assert np.all(shown["image"] == (255, 0, 255), axis=-1).mean() < 0.01
+
+
+def _accessor(gltf: gl.GLTF2, index: int) -> np.ndarray:
+    accessor = gltf.accessors[index]
+    view = gltf.bufferViews[accessor.bufferView]
+    dtype = {gl.FLOAT: np.float32, gl.UNSIGNED_SHORT: np.uint16, gl.UNSIGNED_INT: np.uint32}[accessor.componentType]
+    width = {gl.SCALAR: 1, gl.VEC3: 3}[accessor.type]
+    start = view.byteOffset + (accessor.byteOffset or 0)
+    return np.frombuffer(gltf.binary_blob(), dtype, accessor.count * width, start)
+
+
+def test_blender_imports_one_lod_and_textures_at_metre_scale(built):
     result = built[0]
     scene = blender_import(result.glb)
     objects = {o["name"]: o for o in scene["objects"]}
-    assert {f"corridor_LOD{i}" for i in range(4)} | {"corridor", "corridor_collider"} <= set(objects)
-    assert objects["corridor_collider"]["custom_properties"].get("collider") in (True, 1)
+    assert {f"corridor_LOD{i}" for i in range(4)} | {"corridor"} == set(objects)  # the collider is no node
+    assert [name for name, o in objects.items() if o["parent"] == "corridor"] == ["corridor_LOD0"]
     assert scene["images"] and all(image["packed"] for image in scene["images"])
     # The corridor's floor is 1.6 m below the first camera, in Blender's Z-up, and it is metres long.
     lo, hi = np.array(objects["corridor_LOD0"]["bounds"][0]), np.array(objects["corridor_LOD0"]["bounds"][1])
@@ -90,8 +120,25 @@ def test_mesh_command_on_the_saved_walkthrough(built, tmp_path):
     again = runner.invoke(main, args, catch_exceptions=False)
     assert again.exit_code == 2 and "already exists; pass --force" in again.output
 
+    # Engine profiles: one file each, the default's name unchanged; an unknown one stops before any work.
+    profiles = args + ["--force", "--profile", "godot", "--profile", "gltf", "--profile", "unreal"]
+    assert runner.invoke(main, profiles, catch_exceptions=False).exit_code == 0
+    files = {p.name for p in (tmp_path / "corridor").glob("*.glb")}
+    assert files == {"corridor.glb", "corridor.godot.glb", "corridor.unreal.glb"}
+    manifest = json.loads((tmp_path / "corridor" / "manifest.json").read_text())
+    assert set(manifest["outputs"]) >= {"glb", "glb.godot", "glb.unreal"}
+    unknown = runner.invoke(main, [*args, "--force", "--profile", "unity5"], catch_exceptions=False)
+    assert unknown.exit_code == 2 and "[export] profiles" in unknown.output and "'unity'" in unknown.output
+
 
 def test_mesh_on_a_broken_walkthrough_names_the_file(tmp_path):
     (tmp_path / "walkthrough").mkdir()
     result = CliRunner().invoke(main, ["mesh", str(tmp_path / "walkthrough"), "-o", str(tmp_path / "o")])
     assert result.exit_code == 2 and "manifest.json: missing" in result.output
+
+
+@pytest.mark.parametrize("size", [256, 512, 1024])
+def test_small_textures_build_with_the_default_lods_and_validate(built, tmp_path, size):
+    result = mesh(built[0].walkthrough_dir, tmp_path, options={"assets": {"texture_size": size}})
+    assert [lod["texture_size"] for lod in result.manifest["lods"]][0] == size
+    validator_report(result.glb)  # no errors or warnings

@@ -33,7 +33,7 @@ def test_generate_writes_a_complete_walkthrough(small_sidecar, tmp_path):
     folder = out / "corridor" / "walkthrough"
     names = {p.name for p in folder.iterdir()}
     assert names == {"manifest.json", "input.png", "frames", "depth.npz", "observed.npz", "trajectory.npz",
-                     "preview.mp4", "contact_sheet.png"}
+                     "preview.mp4", "contact_sheet.png", "labelled.png"}
     assert len(list((folder / "frames").glob("*.png"))) == 9
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["generator"]["name"] == "layout"

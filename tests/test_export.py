@@ -1,4 +1,4 @@
-"""Export: the .glb checked by the Khronos glTF-Validator and Blender's importer, plus the preview sheet.
+"""Export: the default .glb checked by the Khronos glTF-Validator and Blender's importer, plus the preview sheet.
 
 The asset is a textured room (seen from inside, OpenCV axes: floor at y = +1.6, 1.6 m below the first
 camera) with four LODs of a subdivided box and a box collider, made here so every expected value is known.
@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 
+import clients  # tests/ is on sys.path (pytest's rootdir-relative import of test modules)
 import numpy as np
 import pygltflib as gl
 import pytest
@@ -15,12 +16,10 @@ import trimesh
 from PIL import Image
 
 import lyra_assets
-from lyra_assets.assets import Collider, LevelAsset, LodLevel
+from lyra_assets.assets import Collider, LevelAsset, LodLevel, Spawn
 from lyra_assets.export import render_preview, write_glb
 from lyra_assets.export.gltf import OPENCV_TO_GLTF
 from lyra_assets.export.preview import BACKGROUND, render_mesh, three_quarter_view
-
-import clients  # tests/ is on sys.path (pytest's rootdir-relative import of test modules)
 
 ROOM_MIN = np.array([-2.0, -1.2, -1.5])  # OpenCV axes: the ceiling is 1.2 m above the camera
 ROOM_MAX = np.array([2.0, 1.6, 6.0])  # the floor 1.6 m below it
@@ -70,7 +69,9 @@ def make_asset() -> LevelAsset:
     # One left-handed tangent frame, to see w survive the change of axes.
     lods[3].tangents[0, 3] = -1.0
     collider = Collider(room.vertices.astype(np.float32), room.faces.astype(np.uint32))
-    return LevelAsset("atrium", lods, collider, dict(EXTRAS))
+    # The spawn: the first camera at the origin, with the floor 1.6 m below it.
+    spawn = Spawn(np.eye(4), np.array([0.0, 1.6, 0.0]), yfov_deg=40.0)
+    return LevelAsset("atrium", lods, collider, dict(EXTRAS), spawn)
 
 
 @pytest.fixture(scope="module")
@@ -99,31 +100,46 @@ def _node(gltf: gl.GLTF2, name: str) -> gl.Node:
     return next(n for n in gltf.nodes if n.name == name)
 
 
-def test_khronos_validator_reports_no_errors_or_warnings(exported):
-    _, path, _ = exported
+def validator_report(path) -> dict:
+    """The validator's report, checked: no errors or warnings, and infos only about what it cannot know (the
+    extensions it doesn't implement, and the objects that only those extensions reference)."""
     report = clients.validate(path)
-    assert report["issues"]["numErrors"] == 0, report["issues"]["messages"]
-    assert report["issues"]["numWarnings"] == 0, report["issues"]["messages"]
-    # The validator does not know MSFT_lod and says so; nothing else may be reported, not even infos/hints.
-    others = [m for m in report["issues"]["messages"]
-              if not (m["code"] == "UNSUPPORTED_EXTENSION" and "MSFT_lod" in m["message"])]
-    assert others == []
-    assert report["info"]["totalTriangleCount"] == sum(exported[2]["triangles"]) + exported[2]["collider_triangles"]
+    issues = report["issues"]
+    assert issues["numErrors"] == 0 and issues["numWarnings"] == 0, issues["messages"]
+    gltf = _load(path)
+    referenced_by_extensions = {f"/meshes/{shape['trimesh']['mesh']}"
+                                for shape in (gltf.extensions or {}).get("OMI_physics_shape", {"shapes": []})["shapes"]}
+    for message in issues["messages"]:
+        if message["code"] == "UNSUPPORTED_EXTENSION":
+            assert gltf.extensionsUsed[int(message["pointer"].rsplit("/", 1)[1])] in {
+                "MSFT_lod", "OMI_physics_body", "OMI_physics_shape", "EXT_meshopt_compression"}
+        else:
+            assert message["code"] == "UNUSED_OBJECT" and message["pointer"] in referenced_by_extensions, message
+    return report
 
 
-def test_blender_imports_lods_collider_and_packed_textures(exported):
+def test_khronos_validator_reports_no_errors_or_warnings(exported):
+    _, path, summary = exported
+    report = validator_report(path)
+    assert report["info"]["totalTriangleCount"] == sum(summary["triangles"]) + summary["collider_triangles"]
+
+
+def test_blender_plain_import_puts_lod0_alone_under_the_root_and_no_collider(exported):
     asset, path, _ = exported
     summary = clients.blender_import(path)
     assert summary["result"] == ["FINISHED"]
     objects = {o["name"]: o for o in summary["objects"]}
     lods = [f"atrium_LOD{i}" for i in range(4)]
-    assert set(objects) == {"atrium", "atrium_collider", *lods}
+    # The collider is no node, so Blender makes no object of it; LOD0 is the root's only child. Blender
+    # imports every node, so the file's second scene (LOD1..n, reached through MSFT_lod) becomes a
+    # collection of its own: still shown, away from the asset (the add-on gathers them under the root).
+    assert set(objects) == {"atrium", *lods}
     assert objects["atrium"]["type"] == "EMPTY"
     assert objects["atrium"]["custom_properties"]["job_key"] == EXTRAS["job_key"]
-    for name in lods + ["atrium_collider"]:
-        assert objects[name]["type"] == "MESH" and objects[name]["parent"] == "atrium"
-    assert objects["atrium_collider"]["custom_properties"] == {"collider": True}
-    assert objects["atrium_collider"]["materials"] == []
+    assert [name for name, o in objects.items() if o["parent"] == "atrium"] == ["atrium_LOD0"]
+    for name in lods[1:]:
+        assert objects[name]["parent"] is None
+        assert objects[name]["collections"] == ["atrium lower LODs (MSFT_lod)"]
     assert objects["atrium_LOD1"]["custom_properties"]["geometric_error"] == pytest.approx(0.01)
     assert objects["atrium_LOD0"]["custom_properties"]["MSFT_screencoverage"] == pytest.approx([0.4, 0.15, 0.05, 0.01])
     assert [objects[n]["triangles"] for n in lods] == [len(lod.faces) for lod in asset.lods[:2]] + [
@@ -144,7 +160,7 @@ def test_blender_imports_lods_collider_and_packed_textures(exported):
     # Blender (x, z, -y), so the floor 1.6 m below the camera is at Blender z = -1.6.
     expected_min = [ROOM_MIN[0], ROOM_MIN[2], -ROOM_MAX[1]]
     expected_max = [ROOM_MAX[0], ROOM_MAX[2], -ROOM_MIN[1]]
-    for name in lods + ["atrium_collider"]:
+    for name in lods:
         lo, hi = objects[name]["bounds"]
         assert lo == pytest.approx(expected_min, abs=1e-5) and hi == pytest.approx(expected_max, abs=1e-5)
 
@@ -153,15 +169,19 @@ def test_axes_change_once_from_opencv_to_gltf(exported):
     asset, path, _ = exported
     gltf = _load(path)
     for level, lod in enumerate(asset.lods[:2]):
-        primitive = gltf.meshes[_node(gltf, f"atrium_LOD{level}").mesh].primitives[0]
-        positions = _accessor(gltf, primitive.attributes.POSITION)
-        np.testing.assert_array_equal(positions, lod.vertices * OPENCV_TO_GLTF)
+        node = _node(gltf, f"atrium_LOD{level}")
+        primitive = gltf.meshes[node.mesh].primitives[0]
+        # Each level's pivot is the bounding sphere's centre: its vertices are stored relative to it.
+        centre = np.float32(node.translation)
+        positions = _accessor(gltf, primitive.attributes.POSITION) + centre
+        np.testing.assert_allclose(positions, lod.vertices * OPENCV_TO_GLTF, atol=1e-6)
         np.testing.assert_allclose(_accessor(gltf, primitive.attributes.NORMAL), lod.normals * OPENCV_TO_GLTF,
                                    atol=1e-6)
-        assert gltf.accessors[primitive.attributes.POSITION].min == pytest.approx(positions.min(axis=0).tolist())
+        stored_min = (positions - centre).min(axis=0).tolist()
+        assert gltf.accessors[primitive.attributes.POSITION].min == pytest.approx(stored_min)
         # The floor, 1.6 m below the camera in OpenCV's y-down axes, is 1.6 m below it in glTF's y-up ones.
         floor = lod.vertices[:, 1] == np.float32(1.6)
-        assert floor.any() and np.all(positions[floor, 1] == np.float32(-1.6))
+        assert floor.any() and np.allclose(positions[floor, 1], -1.6, atol=1e-6)
         # A rotation keeps the winding: each triangle still turns counter-clockwise towards its normals.
         faces = _accessor(gltf, primitive.indices).reshape(-1, 3).astype(np.int64)
         a, b, c = positions[faces[:, 0]], positions[faces[:, 1]], positions[faces[:, 2]]
@@ -197,25 +217,33 @@ def test_node_layout_lod_extension_and_materials(exported):
     names = [n.name for n in gltf.nodes]
     assert summary["nodes"] == names
     root = gltf.nodes[gltf.scenes[gltf.scene].nodes[0]]
-    assert root.name == "atrium"
-    assert [gltf.nodes[i].name for i in root.children] == [f"atrium_LOD{i}" for i in range(4)] + ["atrium_collider"]
-
+    assert root.name == "atrium" and gltf.scenes[gltf.scene].name != root.name  # or clients rename one
+    # Only LOD0 is in the default scene; LOD1..n are reached through its MSFT_lod, from a second scene.
+    assert [gltf.nodes[i].name for i in root.children] == ["atrium_LOD0"]
+    assert [gltf.nodes[i].name for i in gltf.scenes[1].nodes] == ["atrium_LOD1", "atrium_LOD2", "atrium_LOD3"]
     lod0 = _node(gltf, "atrium_LOD0")
     assert [gltf.nodes[i].name for i in lod0.extensions["MSFT_lod"]["ids"]] == ["atrium_LOD1", "atrium_LOD2",
                                                                                "atrium_LOD3"]
     assert lod0.extras["MSFT_screencoverage"] == pytest.approx([0.4, 0.15, 0.05, 0.01])
-    assert gltf.extensionsUsed == ["MSFT_lod"] and not gltf.extensionsRequired
+    assert gltf.extensionsUsed == ["MSFT_lod", "OMI_physics_body", "OMI_physics_shape"]
+    assert not gltf.extensionsRequired
     for i, lod in enumerate(asset.lods):
         extras = _node(gltf, f"atrium_LOD{i}").extras
         assert extras["screen_coverage"] == pytest.approx(lod.screen_coverage)
         assert extras["geometric_error"] == pytest.approx(lod.geometric_error)
 
-    collider = _node(gltf, "atrium_collider")
-    assert collider.extras == {"collider": True}
-    assert gltf.meshes[collider.mesh].primitives[0].material is None
+    # The collider is a mesh no node uses: the root, a static body, collides with it through OMI_physics_*.
+    assert root.extensions == {"OMI_physics_body": {"collider": {"shape": 0}}}
+    (shape,) = gltf.extensions["OMI_physics_shape"]["shapes"]
+    assert shape["type"] == "trimesh"
+    collider = gltf.meshes[shape["trimesh"]["mesh"]]
+    assert collider.name == "atrium_collider" and collider.primitives[0].material is None
+    assert all(node.mesh != shape["trimesh"]["mesh"] for node in gltf.nodes)
+    positions = _accessor(gltf, collider.primitives[0].attributes.POSITION)
+    np.testing.assert_allclose(positions, asset.collider.vertices * OPENCV_TO_GLTF, atol=1e-6)
 
     assert gltf.asset.generator == f"lyra-assets {lyra_assets.__version__}"
-    assert gltf.asset.extras == EXTRAS
+    assert {k: v for k, v in gltf.asset.extras.items() if k != "level"} == EXTRAS
     for material in gltf.materials:
         assert material.pbrMetallicRoughness.metallicFactor == 0.0
         assert material.pbrMetallicRoughness.roughnessFactor == 1.0
@@ -319,3 +347,22 @@ def test_preview_sheet(tmp_path):
     lod3_tile = sheet[128:248, 4 + 3 * 164:4 + 3 * 164 + 160]
     green = (lod3_tile[..., 1] > lod3_tile[..., 0] + 40) & (lod3_tile[..., 1] > lod3_tile[..., 2] + 40)
     assert green.mean() > 0.1  # LOD3 is drawn with its own green albedo
+
+
+def test_level_info_gives_spawn_bounding_sphere_and_switch_distances(exported):
+    _, path, summary = exported
+    gltf = _load(path)
+    info = gltf.asset.extras["level"]
+    assert gltf.nodes[gltf.scenes[0].nodes[0]].extras["level"] == info == summary["level"]
+    # The spawn is the first camera: the glTF origin, looking down -z (glTF's camera convention).
+    assert info["spawn"]["position"] == [0.0, 0.0, 0.0] and info["spawn"]["rotation"] == [0.0, 0.0, 0.0, 1.0]
+    assert info["spawn"]["yfov_deg"] == pytest.approx(40.0)
+    centre, radius = np.array(info["bounding_sphere"]["center"]), info["bounding_sphere"]["radius"]
+    room = np.stack([ROOM_MIN, ROOM_MAX]) * OPENCV_TO_GLTF
+    np.testing.assert_allclose(centre, room.mean(axis=0), atol=1e-4)
+    assert radius == pytest.approx(np.linalg.norm(ROOM_MAX - ROOM_MIN) / 2, abs=1e-3)
+    np.testing.assert_allclose(_node(gltf, "atrium_LOD2").translation, centre, atol=1e-4)
+    # Level k takes over where the sphere covers level k-1's share of a 60-degree screen's height.
+    expected = [0.0] + [radius / (c * np.tan(np.radians(30))) for c in (0.4, 0.15, 0.05)]
+    assert info["lod_switch"]["vertical_fov_deg"] == 60.0
+    assert info["lod_switch"]["distance_m"] == pytest.approx(expected, rel=1e-3)

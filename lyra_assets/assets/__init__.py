@@ -38,8 +38,23 @@ class Collider:
 
 
 @dataclass
+class Spawn:
+    """Where a player starts: the first camera, and the floor under it."""
+
+    c2w: np.ndarray  # (4, 4) camera-to-world, OpenCV axes, metres
+    ground: np.ndarray | None  # (3,) the floor point under the camera, or None: the scene has no floor
+    yfov_deg: float | None = None  # the camera's vertical field of view
+    patched_m2: float = 0.0  # floor area the asset stage added under the spawn (see spawn.py)
+
+
+def _first_camera() -> Spawn:
+    return Spawn(np.eye(4), None)
+
+
+@dataclass
 class LevelAsset:
     name: str
     lods: list[LodLevel]
     collider: Collider
     extras: dict[str, Any] = field(default_factory=dict)  # generator, licence, preset, job key, tool version
+    spawn: Spawn = field(default_factory=_first_camera)

@@ -5,20 +5,33 @@ alignment, embedded PNGs) and nothing about level assets; `write_glb` and the he
 asset onto glTF nodes, meshes and materials, and do the one change of axes from OpenCV to glTF (usd.py
 writes the same Y-up frame through the same helpers: `lod_attributes`, `y_up_points`).
 
-Layout of the file:
+The default layout (`Layout()`, the `gltf` profile) follows MSFT_lod as its spec intends:
 
-    scene ─ <name>                root node, no mesh
-            ├─ <name>_LOD0        MSFT_lod {ids: [LOD1..LODn]}, extras.MSFT_screencoverage
-            ├─ <name>_LOD1 ...    one mesh each; extras: screen_coverage, geometric_error
-            └─ <name>_collider    positions and indices only, no material; extras: {"collider": true}
+    scene 0 (the default) "<name> scene"
+      └─ <name>                 root node, no mesh; extras: provenance and `level` (spawn, bounding
+         │                      sphere, LOD switch distances); OMI_physics_body {collider: {shape: 0}}
+         └─ <name>_LOD0         MSFT_lod {ids: [LOD1..LODn]}, extras.MSFT_screencoverage
+    scene 1 "<name> lower LODs (MSFT_lod)", which clients don't draw (they draw the default scene):
+         <name>_LOD1 ...        reached through LOD0's MSFT_lod.ids; one mesh each
+    no node at all:
+         mesh <name>_collider   positions and indices only, no material; OMI_physics_shape
+                                {shapes: [{type: "trimesh", trimesh: {mesh}}]}
 
-Every LOD node sits in the scene graph, because the importers that follow Unity's LOD-group naming
-(Unity, Blender) find the levels by name there; MSFT_lod is listed in extensionsUsed only, so a viewer that
-does not know it still opens the file (and shows every level at once).
+So a client that knows no extension draws LOD0 alone and never the collider: glTF clients draw the
+default scene's nodes, and the collider is no node. (In no scene at all, the lower levels would be drawn by
+Blender, which imports such nodes into the open scene.) OMI_physics_shape is the physics extension that takes a mesh
+without a node (KHR_physics_rigid_bodies' mesh colliders need a node); Godot 4 imports it as a
+StaticBody3D with a ConcavePolygonShape3D. Engine profiles (profiles.py) change the layout.
+
+Origin: the glTF world is the first camera's (the spawn's) position, Y up, metres; the LOD nodes sit at
+the centre of LOD0's bounding sphere (their vertices relative to it), so engines that measure LOD distance
+from a node's pivot (three.js' LOD) measure it from the middle of the level.
 """
 from __future__ import annotations
 
 import io
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,48 +41,125 @@ from PIL import Image
 
 from .. import __version__
 from ..assets import Collider, LevelAsset, LodLevel
+from ..assets.geometry import perpendicular, repeats_a_vertex, unit
 from ..files import write_atomically
+from ..rotations import quaternion_from_matrix
 
 # OpenCV (x right, y down, z forward) to glTF (x right, y up, z backward): a 180-degree turn about x.
 # A rotation keeps handedness, so triangle winding and the tangents' w stay as they are.
 OPENCV_TO_GLTF = np.array([1.0, -1.0, -1.0], np.float32)
 
 MSFT_LOD = "MSFT_lod"
+OMI_SHAPE = "OMI_physics_shape"
+OMI_BODY = "OMI_physics_body"
+# LOD switch distances are stated for this vertical field of view (Unity's and Godot's default camera).
+SWITCH_VFOV_DEG = 60.0
 # glTF's buffer views and accessors must start on 4-byte boundaries (the widest component, float32).
 _ALIGNMENT = 4
 # 65535 is the primitive-restart value of uint16 indices, which glTF forbids in an index buffer.
 _MAX_UINT16_INDEX = 65534
 
 
-def write_glb(asset: LevelAsset, path: Path) -> dict[str, Any]:
-    """Write `asset` to `path` as a .glb, atomically; return a small summary of what was written."""
+@dataclass(frozen=True)
+class Layout:
+    """Where the LODs and the collider go in the file; the default is the `gltf` profile above."""
+
+    lods_in_scene: bool = False  # LOD1..n as the root's children too (engines' _LODn naming conventions)
+    msft_lod: bool = True  # LOD0 lists LOD1..n in MSFT_lod
+    hidden_lod_suffix: str = ""  # appended to LOD1..n's node names (Godot's "-noimp")
+    collider_nodes: bool = False  # colliders as nodes under the root instead of OMI_physics_shape meshes
+
+
+def level_info(asset: LevelAsset) -> dict[str, Any]:
+    """Spawn, bounding sphere and LOD switch distances, in the glTF frame (Y up, metres): for the root
+    node's extras and the manifest."""
+    centre, radius = bounding_sphere(asset)
+    half = math.tan(math.radians(SWITCH_VFOV_DEG) / 2)
+    # Level k shows once the sphere covers less than level k-1's screen coverage (a fraction of the
+    # screen's height): at distance r / (coverage * tan(fov / 2)).
+    distances = [0.0] + [radius / (lod.screen_coverage * half) if lod.screen_coverage > 0 else None
+                         for lod in asset.lods[:-1]]
+    spawn = asset.spawn
+    rotation = np.diag(OPENCV_TO_GLTF.astype(np.float64))
+    # A camera turns the same way in both frames once its own axes are swapped too: D R D.
+    turn = rotation @ spawn.c2w[:3, :3] @ rotation
+    return {
+        "spawn": {
+            "position": _vector(spawn.c2w[:3, 3] * OPENCV_TO_GLTF),
+            "rotation": [round(float(c), 6) + 0.0 for c in np.roll(quaternion_from_matrix(turn), -1)],  # x y z w
+            "yfov_deg": None if spawn.yfov_deg is None else round(spawn.yfov_deg, 3),
+            "ground": None if spawn.ground is None else _vector(spawn.ground * OPENCV_TO_GLTF),
+            "floor_patch_m2": round(spawn.patched_m2, 3),
+        },
+        "bounding_sphere": {"center": _vector(centre), "radius": round(radius, 4)},
+        "lod_switch": {"vertical_fov_deg": SWITCH_VFOV_DEG,
+                       "screen_coverage": [float(lod.screen_coverage) for lod in asset.lods],
+                       "distance_m": [None if d is None else round(d, 3) for d in distances]},
+    }
+
+
+def bounding_sphere(asset: LevelAsset) -> tuple[np.ndarray, float]:
+    """Centre (glTF frame) and radius of LOD0's bounding sphere: the middle of its box, and its farthest
+    vertex from there."""
+    vertices = np.asarray(asset.lods[0].vertices, np.float64) * OPENCV_TO_GLTF
+    centre = (vertices.min(axis=0) + vertices.max(axis=0)) / 2
+    return centre, float(np.linalg.norm(vertices - centre, axis=1).max())
+
+
+def write_glb(asset: LevelAsset, path: Path, layout: Layout = Layout(),
+              colliders: list[tuple[str, Collider]] | None = None) -> dict[str, Any]:
+    """Write `asset` to `path` as a .glb, atomically; return a small summary of what was written.
+
+    colliders: (name, mesh) pieces instead of the asset's one collider named <name>_collider.
+    """
     if not asset.lods:
         raise ValueError(f"asset {asset.name!r} has no LOD levels to export")
     builder = _GlbBuilder()
-    extras = plain_json(asset.extras)
+    info = level_info(asset)
+    extras = {**plain_json(asset.extras), "level": info}
     # Also on the root node: Blender's importer drops asset.extras but keeps node extras as custom properties.
     root = builder.add_node(asset.name, extras=extras)
-    lod_nodes = _add_lods(builder, asset)
-    collider_node, collider_triangles = _add_collider(builder, asset.name, asset.collider)
-    builder.gltf.nodes[root].children = [n for n, _ in lod_nodes] + [collider_node]
-    builder.gltf.scenes = [gl.Scene(name=asset.name, nodes=[root])]
+    centre = np.array(info["bounding_sphere"]["center"], np.float32)
+    lod_nodes = _add_lods(builder, asset, layout, centre)
+    children = [n for n, _ in lod_nodes] if layout.lods_in_scene else [lod_nodes[0][0]]
+    pieces = colliders if colliders is not None else [(f"{asset.name}_collider", asset.collider)]
+    collider_meshes = [_add_collider(builder, name, collider) for name, collider in pieces]
+    if layout.collider_nodes:
+        children += [builder.add_node(name, mesh=mesh, extras={"collider": True})
+                     for (name, _), (mesh, _) in zip(pieces, collider_meshes)]
+    elif len(collider_meshes) == 1:
+        _add_omi_collider(builder, root, collider_meshes[0][0])
+    else:
+        raise ValueError("collider pieces go in nodes (Layout.collider_nodes)")
+    builder.gltf.nodes[root].children = children
+    # The scene's name differs from the root node's: clients that name objects after both would rename one.
+    builder.gltf.scenes = [gl.Scene(name=f"{asset.name} scene", nodes=[root])]
+    if not layout.lods_in_scene and len(lod_nodes) > 1:
+        # The lower levels' nodes need a home: a scene of their own rather than none (Blender imports nodes
+        # in no scene into the open scene, but a glTF's other scenes into Blender scenes of their own).
+        builder.gltf.scenes.append(gl.Scene(name=f"{asset.name} lower LODs (MSFT_lod)",
+                                            nodes=[n for n, _ in lod_nodes[1:]]))
     builder.gltf.scene = 0
     builder.gltf.asset = gl.Asset(generator=f"lyra-assets {__version__}", version="2.0",
                                   extras=extras)
     data = builder.to_glb()
     write_atomically(Path(path), lambda f: f.write(data))
+    drawn = {n for n, _ in lod_nodes} if layout.lods_in_scene else {lod_nodes[0][0]}
     return {
         "path": str(path),
         "bytes": len(data),
         "triangles": [t for _, t in lod_nodes],
-        "collider_triangles": collider_triangles,
+        "drawn_triangles": sum(t for n, t in lod_nodes if n in drawn),
+        "collider_triangles": sum(t for _, t in collider_meshes),
         "nodes": [node.name for node in builder.gltf.nodes],
         "images": len(builder.gltf.images),
+        "level": info,
     }
 
 
-def _add_lods(builder: _GlbBuilder, asset: LevelAsset) -> list[tuple[int, int]]:
-    """One node per level; returns (node index, triangles) per level."""
+def _add_lods(builder: _GlbBuilder, asset: LevelAsset, layout: Layout,
+              centre: np.ndarray) -> list[tuple[int, int]]:
+    """One node per level, at the bounding sphere's centre; returns (node index, triangles) per level."""
     # Keyed by the arrays' identity: levels that share an atlas share its image, texture and material.
     textures: dict[int, int] = {}
     materials: dict[tuple[int, int], int] = {}
@@ -88,42 +178,52 @@ def _add_lods(builder: _GlbBuilder, asset: LevelAsset) -> list[tuple[int, int]]:
             materials[key] = builder.add_material(f"{asset.name}_material{len(materials)}", *key)
         faces = drop_degenerate_triangles(lod.faces, name)
         attributes = lod_attributes(lod, name)
+        attributes["POSITION"] = attributes["POSITION"] - centre
         mesh = builder.add_mesh(name, attributes, faces, material=materials[key])
-        node = builder.add_node(name, mesh=mesh, extras={
+        node = builder.add_node(name + (layout.hidden_lod_suffix if level else ""), mesh=mesh, extras={
             "lod": level,
             "screen_coverage": float(lod.screen_coverage),
             "geometric_error": float(lod.geometric_error),
-        })
+        }, translation=centre)
         out.append((node, len(faces)))
-    if len(out) > 1:
+    if len(out) > 1 and layout.msft_lod:
         first = builder.gltf.nodes[out[0][0]]
         first.extensions = {MSFT_LOD: {"ids": [node for node, _ in out[1:]]}}
         first.extras["MSFT_screencoverage"] = [float(lod.screen_coverage) for lod in asset.lods]
-        builder.gltf.extensionsUsed = [MSFT_LOD]
+        builder.use_extension(MSFT_LOD)
     return out
 
 
-def _add_collider(builder: _GlbBuilder, asset_name: str, collider: Collider) -> tuple[int, int]:
-    name = f"{asset_name}_collider"
+def _add_collider(builder: _GlbBuilder, name: str, collider: Collider) -> tuple[int, int]:
+    """The collider's mesh (in the root's frame); returns (mesh index, triangles)."""
     faces = drop_degenerate_triangles(collider.faces, name)
-    mesh = builder.add_mesh(name, {"POSITION": y_up_points(collider.vertices, name)}, faces, material=None)
-    return builder.add_node(name, mesh=mesh, extras={"collider": True}), len(faces)
+    return builder.add_mesh(name, {"POSITION": y_up_points(collider.vertices, name)}, faces, material=None), len(faces)
+
+
+def _add_omi_collider(builder: _GlbBuilder, root: int, mesh: int) -> None:
+    """The root becomes a static body whose collider is the mesh, which no node draws."""
+    builder.gltf.extensions[OMI_SHAPE] = {"shapes": [{"type": "trimesh", "trimesh": {"mesh": mesh}}]}
+    builder.gltf.nodes[root].extensions[OMI_BODY] = {"collider": {"shape": 0}}
+    builder.use_extension(OMI_BODY)
+    builder.use_extension(OMI_SHAPE)
+
+
+def _vector(v: np.ndarray) -> list[float]:
+    return [round(float(x), 4) + 0.0 for x in v]  # + 0.0: no -0.0 from the change of axes
 
 
 def lod_attributes(lod: LodLevel, name: str) -> dict[str, np.ndarray]:
     """The level's vertex data in glTF axes, with unit normals and tangents as the format requires."""
     positions = y_up_points(lod.vertices, name)
-    normals = _unit(_finite(lod.normals, name, "normals").astype(np.float64) * OPENCV_TO_GLTF)
+    # In float64, so they are still unit after the cast to float32.
+    normals = unit(_finite(lod.normals, name, "normals").astype(np.float64) * OPENCV_TO_GLTF)
     # A zero normal (a vertex no face uses after decimation) still has to be unit-length in the file.
-    normals[~np.isfinite(normals).all(axis=1)] = (0.0, 1.0, 0.0)
+    normals[~normals.any(axis=1)] = (0.0, 1.0, 0.0)
     tangents = _finite(lod.tangents, name, "tangents").astype(np.float64)
-    xyz = _unit(tangents[:, :3] * OPENCV_TO_GLTF)
+    xyz = unit(tangents[:, :3] * OPENCV_TO_GLTF)
     # A zero tangent (a vertex whose UVs collapsed) gets any direction perpendicular to its normal.
-    bad = ~np.isfinite(xyz).all(axis=1)
-    if bad.any():
-        n = normals[bad]
-        helper = np.where(np.abs(n[:, :1]) < 0.9, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]])
-        xyz[bad] = _unit(np.cross(n, helper))
+    bad = ~xyz.any(axis=1)
+    xyz[bad] = perpendicular(normals[bad])
     handedness = np.where(tangents[:, 3] < 0, -1.0, 1.0)[:, None]
     uv = _finite(lod.uv, name, "uv").astype(np.float32)
     count = len(positions)
@@ -143,14 +243,6 @@ def y_up_points(vertices: np.ndarray, name: str) -> np.ndarray:
     return _finite(vertices, name, "vertices").astype(np.float32) * OPENCV_TO_GLTF
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    """Rows scaled to length 1 in float64 (so they are still unit after the cast to float32); zero rows
-    become NaN for the caller to replace."""
-    length = np.linalg.norm(v, axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(length > 1e-12, v / length, np.nan)
-
-
 def _finite(array: np.ndarray, name: str, label: str) -> np.ndarray:
     array = np.asarray(array)
     if not np.isfinite(array).all():
@@ -161,8 +253,7 @@ def _finite(array: np.ndarray, name: str, label: str) -> np.ndarray:
 def drop_degenerate_triangles(faces: np.ndarray, name: str) -> np.ndarray:
     """Triangles that repeat a vertex draw nothing; the validator reports them, so they are left out."""
     faces = np.asarray(faces, np.int64).reshape(-1, 3)
-    keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
-    faces = faces[keep]
+    faces = faces[~repeats_a_vertex(faces)]
     if len(faces) == 0:
         raise ValueError(f"{name}: no triangles to export")
     return faces
@@ -242,9 +333,17 @@ class _GlbBuilder:
         self.gltf.meshes.append(gl.Mesh(name=name, primitives=[primitive]))
         return len(self.gltf.meshes) - 1
 
-    def add_node(self, name: str, mesh: int | None = None, extras: dict[str, Any] | None = None) -> int:
-        self.gltf.nodes.append(gl.Node(name=name, mesh=mesh, extras=dict(extras or {})))
+    def add_node(self, name: str, mesh: int | None = None, extras: dict[str, Any] | None = None,
+                 translation: np.ndarray | None = None) -> int:
+        node = gl.Node(name=name, mesh=mesh, extras=dict(extras or {}), extensions={})
+        if translation is not None and np.any(translation):
+            node.translation = [float(x) for x in translation]
+        self.gltf.nodes.append(node)
         return len(self.gltf.nodes) - 1
+
+    def use_extension(self, name: str) -> None:
+        if name not in self.gltf.extensionsUsed:
+            self.gltf.extensionsUsed.append(name)
 
     def add_png(self, data: bytes, name: str) -> int:
         view = self._add_view(data, target=None)  # image views carry no GPU buffer target

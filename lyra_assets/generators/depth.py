@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -32,6 +32,7 @@ from ..images import ConceptImage
 from ..motions import FreeSpace
 from ..presets import Preset
 from ..progress import Progress
+from ..settings import validated
 from ..trajectory import CameraPath, intrinsics_from_fov, pixel_rays
 from ..walkthrough import Walkthrough
 from .depth_models import DepthModel, RelativeDepth, load_depth_model
@@ -84,17 +85,13 @@ class DepthGenerator:
     takes_prompt = True  # the inpainting pipeline's prompt (set_text)
     operator_only = ("model", "inpaint")
     notice: str | None = None
+    settings_model = DepthSettings
 
     def __init__(self, preset: Preset, settings: dict[str, Any], source: str = "settings", *,
                  depth_model: DepthModel | None = None) -> None:
         """`depth_model` lets a Python caller supply any object with DepthModel's interface instead of
         `[depth] model` (the ground-truth tests and benchmark pass a labelled true-depth double)."""
-        try:
-            self.settings = DepthSettings.model_validate(settings)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise LyraAssetsError(f"{source}: [depth] {problems}") from exc
-        s = self.settings
+        self.settings = s = validated(DepthSettings, settings, source, "[depth]")
         self.preset, self.prompt = preset, None
         self.licence = s.licence
         if s.licence == UNKNOWN_LICENCE:

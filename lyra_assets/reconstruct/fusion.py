@@ -43,8 +43,15 @@ TILE = 8  # voxels along each side of a tile
 BOUNDS_PERCENTILE = 0.1  # the grid spans the 0.1..99.9th percentile of the depth points, so a few stray
 #                          far points (a generator's outliers) cannot blow up the grid
 BOUNDS_STRIDE = 8  # every 8th pixel each way is plenty to find the scene's extent
-BAND_STRIDE = 2  # every 2nd pixel each way finds the band tiles; the reach covers the pixels in between
+BOUNDS_POINTS = 1_000_000  # ... from enough frames for at most this many points (24 MB)
+BAND_STRIDE = 4  # every 4th pixel each way finds the band tiles; the reach covers the pixels in between
 MIN_COMPONENT_FRACTION = 0.001  # connected pieces under 0.1% of the largest piece's area are floaters
+# The first camera is the spawn, so its whole view must be surface. Marching cubes needs all 8 corners of a
+# cube observed, which leaves a sawtooth one voxel inside every frustum edge, and no later frame of a walk
+# away from the spawn sees there. Frame 0 alone therefore reads its edge pixels' depth (clamped) for voxels
+# up to SPAWN_GUARD_VOXELS outside its image (the surface continued as a plane; its colour the edge pixel's).
+SPAWN_GUARD_VOXELS = 1.5
+EDGE_COLLINEAR = 0.1  # relative mismatch of inverse-depth steps up to which three edge pixels are one plane
 
 
 @dataclass
@@ -83,7 +90,8 @@ def fuse(walk: Walkthrough, voxel_size: float | None = None, max_voxels: int = M
     for i in range(len(walk)):
         tiles = volume.tiles_in_view(band_tiles, w2c[i], walk.path.K[i], walk.path.width, walk.path.height,
                                      float(walk.depth[i].max()))
-        volume.integrate(tiles, w2c[i], walk.path.K[i], walk.depth[i], walk.frames[i])
+        volume.integrate(tiles, w2c[i], walk.path.K[i], walk.depth[i], walk.frames[i],
+                         SPAWN_GUARD_VOXELS if i == 0 else 0.0)
         progress("fuse", i + 1, len(walk))
     return FusedScene(_drop_floaters(volume.extract_mesh()), voxel, notes)
 
@@ -109,7 +117,10 @@ class _PixelRays:
 def _scene_bounds(walk: Walkthrough, rays: _PixelRays) -> tuple[np.ndarray, np.ndarray]:
     """Robust world-space bounds of the depth points (a subsample of pixels from every frame)."""
     points = []
-    for i in range(len(walk)):
+    # Every frame_step-th frame: at most BOUNDS_POINTS points, however long the walk.
+    per_frame = math.ceil(walk.path.height / BOUNDS_STRIDE) * math.ceil(walk.path.width / BOUNDS_STRIDE)
+    frame_step = max(1, math.ceil(per_frame * len(walk) / BOUNDS_POINTS))
+    for i in range(0, len(walk), frame_step):
         depth = walk.depth[i, ::BOUNDS_STRIDE, ::BOUNDS_STRIDE]
         valid = depth > 0
         cam = rays[i][::BOUNDS_STRIDE, ::BOUNDS_STRIDE][valid] * depth[valid, None]
@@ -231,11 +242,11 @@ class _Volume:
         return tiles[inside]
 
     def integrate(self, tiles: np.ndarray, w2c: np.ndarray, K: np.ndarray, depth: np.ndarray,
-                  rgb: np.ndarray) -> None:
+                  rgb: np.ndarray, guard_voxels: float = 0.0) -> None:
         # Tiles differ a lot in work (a frustum edge cuts some): hand them to threads in small chunks.
         with numba.parallel_chunksize(16):
             _integrate(self.tsdf, self.weight, self.colour, self.colour_weight, tiles, self.origin,
-                       self.voxel, self.truncation, w2c, K, depth, rgb)
+                       self.voxel, self.truncation, w2c, K, depth, rgb, guard_voxels)
 
     def extract_mesh(self) -> trimesh.Trimesh:
         # Only cubes whose 8 corners were all observed may hold surface: the edge of the observed region
@@ -289,8 +300,11 @@ def _untile(tiled: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
-def _integrate(tsdf, weight, colour, colour_weight, tiles, origin, voxel, truncation, w2c, K, depth, rgb):
-    """Fold one frame into the given tiles: running averages of TSDF and colour, each view weighing 1."""
+def _integrate(tsdf, weight, colour, colour_weight, tiles, origin, voxel, truncation, w2c, K, depth, rgb, guard):
+    """Fold one frame into the given tiles: running averages of TSDF and colour, each view weighing 1.
+
+    Voxels up to `guard` voxels outside the image read the nearest edge pixel (see SPAWN_GUARD_VOXELS).
+    """
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     height, width = depth.shape
     # Camera coordinates move by a constant step along k, so the inner loop needs no matrix product.
@@ -314,12 +328,21 @@ def _integrate(tsdf, weight, colour, colour_weight, tiles, origin, voxel, trunca
                         continue
                     u = fx * (bx + c * sx) / zc + cx  # fastmath computes 1 / zc once
                     v = fy * (by + c * sy) / zc + cy
-                    if not (0.0 <= u < width and 0.0 <= v < height):
+                    g = guard * voxel * fx / zc  # the guard band in pixels at this depth
+                    if not (-g <= u < width + g and -g <= v < height + g):
                         continue
-                    col, row = int(u), int(v)  # the pixel whose area holds (u, v); its centre is at +0.5
+                    # the pixel whose area holds (u, v) (its centre is at +0.5), or the nearest edge pixel
+                    col = min(max(int(math.floor(u)), 0), width - 1)
+                    row = min(max(int(math.floor(v)), 0), height - 1)
                     d = depth[row, col]
                     if d <= 0.0:  # unknown depth says nothing: neither surface nor free space
                         continue
+                    outside_u, outside_v = not 0.0 <= u < width, not 0.0 <= v < height
+                    if outside_u or outside_v:
+                        d = _extrapolated(depth, row, col, u - col - 0.5 if outside_u else 0.0,
+                                          v - row - 0.5 if outside_v else 0.0)
+                        if d <= 0.0:
+                            continue
                     sdf = d - zc
                     if sdf < -truncation:  # hidden behind the surface: unobserved
                         continue
@@ -334,6 +357,35 @@ def _integrate(tsdf, weight, colour, colour_weight, tiles, origin, voxel, trunca
                             mean = tile_colour[a, b, c, ch]
                             tile_colour[a, b, c, ch] = (mean * w + rgb[row, col, ch]) / (w + one)
                         tile_colour_weight[a, b, c] = w + one
+
+
+@numba.njit(inline="always", fastmath=True)
+def _extrapolated(depth, row, col, du, dv):
+    """Depth du, dv pixels past edge pixel (row, col) (0: not past that edge), or 0 where it can't be told.
+
+    On a plane, inverse depth is affine in the pixel coordinates: it is continued with its slope over the
+    two pixels inside the edge where those three pixels lie on one plane, and held where they don't (a
+    crease or an occluding edge meets the image's edge there).
+    """
+    inverse = 1.0 / depth[row, col]
+    if du != 0.0:
+        step = 1 if col == 0 else -1
+        inverse += du * step * _edge_slope(depth[row, col], depth[row, col + step], depth[row, col + 2 * step])
+    if dv != 0.0:
+        step = 1 if row == 0 else -1
+        inverse += dv * step * _edge_slope(depth[row, col], depth[row + step, col], depth[row + 2 * step, col])
+    return 1.0 / inverse if inverse > 0.0 else 0.0
+
+
+@numba.njit(inline="always", fastmath=True)
+def _edge_slope(d0, d1, d2):
+    """Inverse depth's change per pixel inwards from d0 over d1 and d2; 0 unless the three are collinear."""
+    if d1 <= 0.0 or d2 <= 0.0:
+        return 0.0
+    a, b = 1.0 / d1 - 1.0 / d0, 1.0 / d2 - 1.0 / d1
+    if abs(a - b) > EDGE_COLLINEAR * (abs(a) + abs(b)) + 1e-6 / d0:
+        return 0.0
+    return a
 
 
 # -- clean-up --------------------------------------------------------------------------------------------
