@@ -158,11 +158,24 @@ def _sample(image, x, y, out, row, col):
         out[row, col, k] = np.uint8(min(top * (1 - fy) + bottom * fy + 0.5, 255.0))
 
 
+@numba.njit(cache=True, inline="always")
+def _from_concept(concept, owner, label, Kc, x, y, z, out, row, col):
+    """Colour out[row, col] from the concept image where the direction or point (x, y, z), in the first
+    camera's frame, lands on a concept pixel labelled `label` (ground -1, sky -2). Returns whether it did."""
+    if z <= 1e-9:
+        return False
+    u = Kc[0, 0] * x / z + Kc[0, 2]
+    v = Kc[1, 1] * y / z + Kc[1, 2]
+    if not (0 <= u < owner.shape[1] and 0 <= v < owner.shape[0]) or owner[int(v), int(u)] != label:
+        return False
+    _sample(concept, u, v, out, row, col)
+    return True
+
+
 @numba.njit(parallel=True, cache=True)
 def _shade(frame, depth, observed, zbuf, tex, front, K, c2w, Kc, concept, owner, down, right, forward,
            camera_height, far, ground, dome):
     height, width = zbuf.shape
-    oh, ow = owner.shape
     gw = ground.shape[1]
     eh, ew = dome.shape[0], dome.shape[1]
     g_density = gw / (2.0 * far)
@@ -194,13 +207,7 @@ def _shade(frame, depth, observed, zbuf, tex, front, K, c2w, Kc, concept, owner,
                 p0 = c2w[0, 3] + t_ground * d0
                 p1 = c2w[1, 3] + t_ground * d1
                 p2 = c2w[2, 3] + t_ground * d2
-                seen = False
-                if p2 > 1e-6:
-                    u = Kc[0, 0] * p0 / p2 + Kc[0, 2]
-                    v = Kc[1, 1] * p1 / p2 + Kc[1, 2]
-                    if 0 <= u < ow and 0 <= v < oh and owner[int(v), int(u)] == -1:
-                        seen = True
-                        _sample(concept, u, v, frame, row, col)
+                seen = _from_concept(concept, owner, -1, Kc, p0, p1, p2, frame, row, col)
                 if not seen:
                     tx = (gx + far) * g_density
                     ty = (gz + far) * g_density
@@ -212,13 +219,7 @@ def _shade(frame, depth, observed, zbuf, tex, front, K, c2w, Kc, concept, owner,
                 observed[row, col] = front[row, col]
             else:
                 depth[row, col] = 0.0  # the dome: no surface, so fusion and the collider ignore it
-                seen = False
-                if d2 > 1e-9:
-                    u = Kc[0, 0] * d0 / d2 + Kc[0, 2]
-                    v = Kc[1, 1] * d1 / d2 + Kc[1, 2]
-                    if 0 <= u < ow and 0 <= v < oh and owner[int(v), int(u)] == -2:
-                        seen = True
-                        _sample(concept, u, v, frame, row, col)
+                seen = _from_concept(concept, owner, -2, Kc, d0, d1, d2, frame, row, col)
                 if not seen:
                     norm = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
                     lon = np.arctan2(d0 * right[0] + d1 * right[1] + d2 * right[2],
