@@ -34,9 +34,9 @@ import numpy as np
 import trimesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from scenes import BoxScene, forward_path
+from scenes import BoxScene, forward_path, sample_bilinear
 
-from lyra_assets.assets import bake, lod, uv
+from lyra_assets.assets import bake, lod, surface, uv
 from lyra_assets.assets.level import make_level_asset
 from lyra_assets.settings import AssetSettings
 from lyra_assets.walkthrough import Walkthrough
@@ -114,21 +114,9 @@ def shared_atlas_psnr(lod0, level) -> float:
         tri = mesh.vertices[mesh.faces[face]].astype(np.float64)
         bary = igl.barycentric_coordinates(closest, tri[:, 0].copy(), tri[:, 1].copy(), tri[:, 2].copy())
         texcoords = np.einsum("pk,pkd->pd", bary, mesh.uv[mesh.faces[face]].astype(np.float64))
-        return bilinear(mesh.albedo, texcoords)
+        return sample_bilinear(mesh.albedo, texcoords)
 
     return float(10 * np.log10(1.0 / np.mean((shown(level) - shown(lod0)) ** 2)))
-
-
-def bilinear(image: np.ndarray, texcoords: np.ndarray) -> np.ndarray:
-    """A GPU's bilinear lookup, glTF UVs (texel (col, row) centred at ((col + .5) / S, (row + .5) / S))."""
-    size = image.shape[0]
-    x, y = texcoords[:, 0] * size - 0.5, texcoords[:, 1] * size - 0.5
-    x0 = np.clip(np.floor(x).astype(int), 0, size - 2)
-    y0 = np.clip(np.floor(y).astype(int), 0, size - 2)
-    fx, fy = np.clip(x - x0, 0, 1)[:, None], np.clip(y - y0, 0, 1)[:, None]
-    img = image.astype(np.float64) / 255.0
-    return ((1 - fx) * (1 - fy) * img[y0, x0] + fx * (1 - fy) * img[y0, x0 + 1]
-            + (1 - fx) * fy * img[y0 + 1, x0] + fx * fy * img[y0 + 1, x0 + 1])
 
 
 # -- references ------------------------------------------------------------------------------------------
@@ -137,15 +125,15 @@ def bilinear(image: np.ndarray, texcoords: np.ndarray) -> np.ndarray:
 def run_decimation(target: int) -> list[tuple[str, float, int, float]]:
     """(tool, seconds, triangles, geometric error) for each decimator available."""
     vertices, faces = lod.welded(np.asarray(DENSE.vertices), DENSE.faces)
-    surface = bake.Surface(DENSE)
-    samples = lod.surface_samples(surface.vertices, surface.faces)
+    dense = surface.Surface(DENSE)
+    samples = lod.surface_samples(dense.vertices, dense.faces)
     rows = []
 
     def measure(name: str, run) -> None:
         start = time.perf_counter()
         v, f = run()
         seconds = time.perf_counter() - start
-        rows.append((name, seconds, len(f), lod.geometric_error(v, f, surface, samples)))
+        rows.append((name, seconds, len(f), lod.geometric_error(v, f, dense, samples)))
 
     measure("meshoptimizer (ours)", lambda: (vertices, lod.simplify(vertices, faces, target)))
     try:

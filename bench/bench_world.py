@@ -1,7 +1,7 @@
 """World-quality benchmark: generators against ground truth rendered by Blender.
 
     .venv/bin/python bench/bench_world.py --quick                 # all scenes, layout + both baselines
-    .venv/bin/python bench/bench_world.py --scenes room,plaza --generators layout,depth --presets walk_forward
+    .venv/bin/python bench/bench_world.py --scenes room,plaza --generators layout,depth-true --presets walk_forward
 
 For each scene (built by bench/world_scenes.py in Blender, Cycles on the CPU) and preset:
 1. Camera 0 is rendered: that picture is the concept image every method gets.
@@ -11,6 +11,9 @@ For each scene (built by bench/world_scenes.py in Blender, Cycles on the CPU) an
    the path as a trajectory file); if a generator's own free-space check shortens the path, the ground truth
    is rendered again along the path it walked (the record's `path_scale` says so), so frames always compare
    at identical poses.
+   `depth-true` is the depth generator with a labelled benchmark double for its depth model: the true
+   scene's depth at any camera (rasterised from the true mesh), with the classical fill. It measures the
+   generator's own parts (metric fit to the floor, spatial memory, fill) without weights on the machine.
 3. Baselines are walkthroughs built here from frame 0 and fed to the same downstream stages
    (`lyra_assets.pipeline.mesh`): `flat` puts the image on one plane at the true median depth, `true-depth`
    lifts it with frame 0's true depth (the upper bound for any single-image method without hallucination).
@@ -50,7 +53,10 @@ import numpy as np
 import world_metrics as wm
 
 from lyra_assets.generators import REGISTRY
-from lyra_assets.motions import FreeSpace, camera_path
+from lyra_assets.generators.depth import DepthGenerator
+from lyra_assets.generators.depth_models import RelativeDepth
+from lyra_assets.images import ConceptImage
+from lyra_assets.motions import FreeSpace, camera_path, keep_clear
 from lyra_assets.pipeline import build, mesh
 from lyra_assets.presets import load_preset
 from lyra_assets.trajectory import CameraPath
@@ -63,6 +69,7 @@ RESULTS = HERE / "results"
 CACHE = Path(os.environ.get("LYRA_ASSETS_BENCH_CACHE", Path.home() / ".cache" / "lyra-assets" / "bench_world"))
 SCENES = ("room", "corridor", "street", "plaza", "landscape", "aerial", "object", "archway")
 BASELINES = ("flat", "true-depth")
+DOUBLES = ("depth-true",)  # generators run here with a benchmark double for their model (no weights needed)
 MAX_GEOMETRY_DEPTH = 50.0  # metres: farther surfaces (distant mountains, the sky) are left out of Chamfer/F
 MAX_PATH_DEPTH = 60.0  # metres: the depth ahead a preset's motion is scaled by is capped here
 
@@ -259,9 +266,43 @@ def run_baseline(baseline: str, truth: Truth, out: Path, quick: bool, settings: 
     depth = np.stack(depth)
     info = {"generator": {"name": baseline, "version": "bench", "licence": "none: a benchmark baseline"}}
     walk = Walkthrough(np.stack(frames), depth, depth > 0, path, image, info)
-    folder = walk.save(out / baseline / "walkthrough", force=True)
-    result = mesh(folder, out, baseline, options=settings.assets(quick), force=True, progress=monitor)
+    return meshed(walk, baseline, out, quick, settings, monitor)
+
+
+def meshed(walk: Walkthrough, name: str, out: Path, quick: bool, settings: Settings,
+           monitor: StageMonitor) -> dict[str, Any]:
+    """A walkthrough made here, saved and turned into a GLB by the pipeline's own downstream stages."""
+    folder = walk.save(out / name / "walkthrough", force=True)
+    result = mesh(folder, out, name, options=settings.assets(quick), force=True, progress=monitor)
     return {"glb": str(result.glb), "walkthrough": str(folder), "stages": monitor.finish()}
+
+
+class TrueMeshDepth:
+    """BENCHMARK DOUBLE, not a model: the true scene's depth at the camera it is given, as a perfect depth
+    model would give it (sky, where no surface is, very far)."""
+
+    description = "benchmark double: the true scene's depth (rasterised from the true mesh)"
+
+    def __init__(self, truth: Truth) -> None:
+        self.vertices, self.faces = truth.vertices, truth.faces
+
+    def __call__(self, rgb: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> RelativeDepth:
+        depth, _, _ = wm.rasterise(self.vertices, self.faces, K, c2w, rgb.shape[1], rgb.shape[0])
+        return RelativeDepth(np.where(np.isfinite(depth) & (depth > 0), depth, 1e6).astype(np.float32), "depth")
+
+
+def run_depth_double(truth: Truth, preset_name: str, out: Path, quick: bool, settings: Settings) -> dict[str, Any]:
+    """The depth generator with TrueMeshDepth for its model and the classical fill, along the true path (kept
+    clear by the generator's own free-space check, as `build` does), meshed by the pipeline's own stages."""
+    monitor = StageMonitor()
+    preset = load_preset(preset_name, overrides={
+        "camera": {"width": settings.width, "height": settings.height, "hfov_deg": settings.hfov}})
+    generator = DepthGenerator(preset, {"licence": "none: a benchmark double"}, "bench",
+                               depth_model=TrueMeshDepth(truth))
+    image = truth.frame(0)
+    concept = ConceptImage(image, "concept", hashlib.sha256(image.tobytes()).hexdigest())
+    path, _ = keep_clear(truth.path, generator.survey(concept), preset.scene.margin_m)
+    return meshed(generator.generate(concept, path, monitor), "depth-true", out, quick, settings, monitor)
 
 
 def in_child(function, *args) -> dict[str, Any]:
@@ -320,6 +361,8 @@ def bench_scene(scene: str, methods: list[str], presets: list[str], settings: Se
             out = work / scene / preset / method
             if method in BASELINES:
                 job = in_child(run_baseline, method, truth, out, quick, settings)
+            elif method in DOUBLES:
+                job = in_child(run_depth_double, truth, preset, out, quick, settings)
             else:
                 job = in_child(run_generator, method, concept, preset, trajectory, out, quick, settings)
             walk = Walkthrough.load(job["walkthrough"])
@@ -338,7 +381,7 @@ def bench_scene(scene: str, methods: list[str], presets: list[str], settings: Se
                 rows.append((f"truth on {method}'s path", walked))
             rows.append((method, walk.frames))
             print(f"  {scene:<10} {preset:<16} {method:<11} {summary(record)}", file=sys.stderr, flush=True)
-        sheet_rows.append((preset, first.frame(0), rows))
+        sheet_rows.append((preset, rows))
     return records, contact_sheet(scene, sheet_rows)
 
 
@@ -352,18 +395,18 @@ def _K(settings: Settings) -> np.ndarray:
     return np.array([[f, 0, settings.width / 2], [0, f, settings.height / 2], [0, 0, 1.0]])
 
 
-def contact_sheet(scene: str, blocks: list[tuple[str, np.ndarray, list[tuple[str, Any]]]]) -> np.ndarray:
-    """Per preset: the concept image, then the truth and each method at 25/50/75/100 % of the path."""
+def contact_sheet(scene: str, blocks: list[tuple[str, list[tuple[str, Any]]]]) -> np.ndarray:
+    """Per preset: the truth (its first tile is the concept image) and each method, at 0/25/50/75/100 % of the
+    path."""
     tiles = []
-    for preset, concept, rows in blocks:
+    for preset, rows in blocks:
         for label, frames in rows:
             is_truth = isinstance(frames, Truth)
             n = len(frames.path) if is_truth else len(frames)
-            shown = [frames.frame(i) if is_truth else frames[i] for i in wm.path_indices(n)]
-            row = [_label(concept if label == "truth" else np.zeros_like(concept),
-                          f"{scene} / {preset}" if label == "truth" else "")]
-            row += [_label(image, f"{label} {int(f * 100)}%") for f, image in zip(wm.PATH_FRACTIONS, shown)]
-            tiles.append(np.hstack(row))
+            shown = [frames.frame(i) if is_truth else frames[i] for i in [0, *wm.path_indices(n)]]
+            names = [f"{scene} / {preset}" if label == "truth" else f"{label} 0%"]
+            names += [f"{label} {int(f * 100)}%" for f in wm.PATH_FRACTIONS]
+            tiles.append(np.hstack([_label(image, name) for image, name in zip(shown, names)]))
     return np.vstack(tiles)
 
 
@@ -432,9 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", default=",".join(SCENES), help=f"comma-separated, of: {', '.join(SCENES)}")
-    parser.add_argument("--generators", default="layout",
-                        help="comma-separated generator names (lyra_assets.generators.REGISTRY), run next to the "
-                             "baselines flat and true-depth")
+    parser.add_argument("--generators", default="layout,depth-true",
+                        help="comma-separated generator names (lyra_assets.generators.REGISTRY, or depth-true: the "
+                             "depth generator on a true-depth double), run next to the baselines flat and true-depth")
     parser.add_argument("--presets", help="comma-separated preset names (default: walk_and_return,look_around "
                         "with --quick, else walk_forward,walk_and_return,look_around)")
     parser.add_argument("--quick", action="store_true", help="256x144, 9 frames, 8 samples, small LODs")
@@ -448,9 +491,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scene(s) {', '.join(sorted(unknown))}; known: {', '.join(SCENES)}")
     settings = QUICK if args.quick else FULL
     generators = [g for g in args.generators.split(",") if g]
-    if set(generators) - set(REGISTRY):
-        parser.error(f"unknown generator(s) {', '.join(sorted(set(generators) - set(REGISTRY)))}; "
-                     f"known: {', '.join(sorted(REGISTRY))}")
+    known = set(REGISTRY) | set(DOUBLES)
+    if set(generators) - known:
+        parser.error(f"unknown generator(s) {', '.join(sorted(set(generators) - known))}; "
+                     f"known: {', '.join(sorted(known))}")
     methods = generators + ([] if args.no_baselines else list(BASELINES))
     presets = [p for p in (args.presets or ",".join(settings.presets)).split(",") if p]
     work = args.work or Path(os.environ.get("TMPDIR", "/tmp")) / f"lyra-bench-world-{os.getpid()}"

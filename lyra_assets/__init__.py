@@ -3,8 +3,15 @@
     from lyra_assets import build, CameraPath, Walkthrough
     result = build("concept.png", preset="walk_forward", out_dir="out/", progress=print)
 """
+import os
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+
+import platformdirs
+
+# numba's compiled kernels go to the user's cache folder (works for a read-only install, survives
+# reinstalls of the same version); set before anything imports numba, and only if the user set nothing.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(platformdirs.user_cache_path("lyra-assets") / "numba"))
 
 try:
     __version__ = version("lyra-assets")

@@ -105,6 +105,8 @@ def job_options(command):
         click.option("--frames", type=int, help="Number of frames (overrides the preset)."),
         click.option("--lyra-frames", is_flag=True, help="Round the frame count to Lyra 2.0's 1 + 80k."),
         click.option("--fov", type=float, help="Horizontal field of view of the concept image, degrees."),
+        click.option("--depth-model", type=click.Path(),
+                     help="The depth model of -g depth (implied): an .onnx file or a Marigold folder."),
         preset_dir_option,
     ]
     for option in reversed(options):
@@ -139,8 +141,10 @@ def settings_from_options(given: dict[str, Any]) -> dict[str, Any]:
     """The command line's options as a layer of settings, in the sidecar's shape (job.py validates it)."""
     where = {"preset": (), "generator": (), "prompt": (), "frames": ("path",), "lyra_frames": ("path",),
              "fov": ("camera",), "voxel_size": ("fusion",), "lod0_triangles": ("assets",),
-             "texture_size": ("assets",), "lods": ("assets",), "formats": ("export",), "profiles": ("export",)}
-    names = {"lyra_frames": "lyra_frame_count", "fov": "hfov_deg", "voxel_size": "voxel_size_m"}
+             "texture_size": ("assets",), "lods": ("assets",), "formats": ("export",), "profiles": ("export",),
+             "depth_model": ("depth",)}
+    names = {"lyra_frames": "lyra_frame_count", "fov": "hfov_deg", "voxel_size": "voxel_size_m",
+             "depth_model": "model"}
     table: dict[str, Any] = {}
     for option, value in given.items():
         if value is None or value is False or value == () or option not in where:
@@ -149,6 +153,9 @@ def settings_from_options(given: dict[str, Any]) -> dict[str, Any]:
         for key in where[option]:
             section = section.setdefault(key, {})
         section[names.get(option, option)] = value
+    # --depth-model means -g depth; with another generator it would go unused
+    if "depth" in table and table.setdefault("generator", "depth") != "depth":
+        raise LyraAssetsError(f"--depth-model is for -g depth, not -g {table['generator']}")
     return table
 
 

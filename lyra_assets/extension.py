@@ -103,7 +103,8 @@ def extend_walkthrough(earlier: Walkthrough, source: str, preset: str | None = N
         np.concatenate([earlier.observed, segment.observed]),
         CameraPath(np.concatenate([earlier.path.c2w, path.c2w]), np.concatenate([earlier.path.K, path.K]),
                    earlier.path.width, earlier.path.height, earlier.path.fps),
-        earlier.input_image, info, segment.splats if segment.splats is not None else earlier.splats)
+        earlier.input_image, info, segment.splats if segment.splats is not None else earlier.splats,
+        earlier.labelled)
     return Extension(walkthrough, len(earlier), grown)
 
 

@@ -231,6 +231,10 @@ def _resolve(image_path: Path, sha256: str, name: str, layers: list[Layer], side
 
     preset = load_preset(preset_name, preset_dirs, {k: merged[k] for k in PRESET_SECTIONS if k in merged}, source)
     tables = {key: validated(model, merged.get(key, {}), source, f"[{key}]") for key, model in TABLES.items()}
+    # The generator's own table is checked now too (a drop folder refuses a bad one at claim, not in a run);
+    # the generator is given the table as written and validates it again when it is made.
+    validated(generators.generator_class(generator).settings_model, merged.get(generator, {}), source,
+              f"[{generator}]")
     return JobSpec(image_path, sha256, name, preset, generator, merged.get(generator, {}),
                    None if chosen["prompt"] is None else str(chosen["prompt"]), tables["assets"],
                    tables["fusion"], tables["export"], sidecar, path_file, camera_path)

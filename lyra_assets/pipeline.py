@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -132,15 +132,18 @@ def build(image: str | Path | JobSpec, preset: str | None = None, out_dir: str |
     if saved is None:
         _refuse_existing([folder / "walkthrough"], force)
         walkthrough = walk(spec, progress)
-        progress("save", 0, 1, "walkthrough")
-        walkthrough.save(folder / "walkthrough", force=force)
-        progress("save", 1, 1, "walkthrough")
     else:
         progress("survey", 1, 1, "using the walkthrough this job saved before")
         walkthrough = saved
     provenance = Provenance.from_json(walkthrough.info["provenance"], str(folder / "walkthrough"))
-    return _make_asset(walkthrough, folder / "walkthrough", folder, spec.name, provenance.respecified(spec), force,
-                       progress)
+
+    def make_asset() -> BuildResult:
+        return _make_asset(walkthrough, folder / "walkthrough", folder, spec.name, provenance.respecified(spec),
+                           force, progress)
+
+    if saved is not None:
+        return make_asset()
+    return _with_walkthrough_saved(walkthrough, folder / "walkthrough", force, progress, make_asset)
 
 
 def mesh(walkthrough_dir: str | Path, out_dir: str | Path = "out", name: str | None = None, *,
@@ -289,7 +292,9 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
     progress("export", steps - 1, steps, "preview")
     preview = folder / "preview.png"
     shown = walkthrough.frames[np.linspace(0, len(walkthrough) - 1, 4).round().astype(int)]
-    render_preview(asset, walkthrough.input_image, list(shown), preview)
+    # The generator's labelling of the concept image (if it made one) shows how it read the picture.
+    render_preview(asset, walkthrough.input_image if walkthrough.labelled is None else walkthrough.labelled,
+                   list(shown), preview)
     progress("export", steps, steps, "done")
     timings["export"] = round(time.perf_counter() - started, 3)
 
@@ -317,6 +322,26 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
     manifest_path = folder / "manifest.json"
     write_json_atomically(manifest_path, manifest)
     return BuildResult(glb, manifest_path, preview, walkthrough_dir, manifest, usd[0] if usd else None)
+
+
+def _with_walkthrough_saved(walkthrough: Walkthrough, target: Path, force: bool, progress: Progress,
+                            make: Callable[[], BuildResult]) -> BuildResult:
+    """Save the walkthrough in the background while `make` runs the later stages; wait for both. An error
+    in either is raised (the stages' first: the walkthrough is still kept for a retry)."""
+    progress("save", 0, 1, "walkthrough, in the background")
+    saving = walkthrough.save_in_background(target, force=force)
+    try:
+        result = make()
+    except BaseException:
+        saving.exception()  # wait, so no half-written folder is left while the error propagates
+        raise
+    try:
+        saving.result()
+    except OSError as exc:
+        raise LyraAssetsError(f"{target}: could not write the walkthrough ({exc}); check the disk's free "
+                              "space and permissions, then run `lyra-assets build` again") from exc
+    progress("save", 1, 1, "walkthrough")
+    return result
 
 
 def _refuse_existing(paths: list[Path], force: bool) -> None:

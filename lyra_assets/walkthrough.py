@@ -1,15 +1,19 @@
 """The generator's output: frames, metric depth, observed-vs-synthesised masks and cameras, as a plain folder.
 
-Folder layout (version 1), readable by any tool:
+Folder layout (version 2), readable by any tool:
 
     manifest.json        what made it: generator, versions, input hashes, resolved preset, timings, notes
     input.png            the concept image as the generator saw it (8-bit RGB, upright)
     frames/000000.png    one RGB frame per camera
-    depth.npz            depth (N,H,W) float32, metres along the camera z axis, 0 = unknown
+    depth.npz            depth (N,H,W) float16, metres along the camera z axis, 0 = unknown; float16 keeps
+                         11 significant bits: each value within 0.05 % of the float32 depth (0.5 mm per
+                         metre), 0 stays exactly 0. A depth beyond float16's range (65504 m) is stored
+                         float32 instead. Version 1 folders (float32 depth) read the same way.
     observed.npz         observed (N,H,W) bool: True where the pixel shows what the input image saw
     trajectory.npz       the cameras, in NVIDIA Lyra 2.0's layout (see trajectory.py)
     splats.ply           optional: the generator's 3D Gaussian splats, in this world frame (see splats.py)
     preview.mp4          H.264 preview of the frames
+    labelled.png         optional: how the generator read the concept image (e.g. sky / ground / pop-ups)
     contact_sheet.png    input, a few frames and their depth at a glance
 """
 from __future__ import annotations
@@ -18,20 +22,24 @@ import json
 import os
 import shutil
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .errors import LyraAssetsError
 from .files import output_folder, write_atomically, write_json_atomically
 from .splats import GaussianSplats, read_ply, write_ply
 from .trajectory import CameraPath
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+DEPTH_RELATIVE_PRECISION = 2.0**-11  # float16 rounding: at most this fraction of the depth (module doc)
+FLOAT16_MAX = 65504.0
 FRAME_NAME = "{:06d}.png"
 
 
@@ -44,6 +52,7 @@ class Walkthrough:
     input_image: np.ndarray  # (h, w, 3) uint8, the concept image
     info: dict[str, Any] = field(default_factory=dict)  # becomes manifest.json
     splats: GaussianSplats | None = None  # a splat generator's Gaussians, in the same world frame and metres
+    labelled: np.ndarray | None = None  # (h, w, 3) uint8: the generator's reading of the concept image, for eyes
 
     def __post_init__(self) -> None:
         n, h, w = len(self.path), self.path.height, self.path.width
@@ -76,10 +85,11 @@ class Walkthrough:
         for i in range(kept):
             _link_or_copy(earlier / "frames" / FRAME_NAME.format(i), tmp / "frames" / FRAME_NAME.format(i))
         # PNG and zlib encoding release the GIL and x264 runs in its own process: write side by side.
-        with ThreadPoolExecutor(max_workers=3) as pool:
+        with ThreadPoolExecutor(max_workers=max(3, os.cpu_count() or 1)) as pool:
             writes = [
                 pool.submit(write_preview_mp4, tmp / "preview.mp4", self.frames, self.path.fps),
-                pool.submit(_save_npz_fast, tmp / "depth.npz", depth=self.depth),
+                pool.submit(_save_npz_fast, tmp / "depth.npz", depth=self.depth,
+                            dtype=np.float16 if self.depth.max() <= FLOAT16_MAX else np.float32),
                 pool.submit(_save_npz_fast, tmp / "observed.npz", observed=self.observed),
             ]
             writes += [pool.submit(cv2.imwrite, str(tmp / "frames" / FRAME_NAME.format(i)), self.frames[i, :, :, ::-1])
@@ -90,6 +100,8 @@ class Walkthrough:
             cv2.imwrite(str(tmp / "input.png"), self.input_image[:, :, ::-1])
         else:
             _link_or_copy(earlier / "input.png", tmp / "input.png")
+        if self.labelled is not None:
+            cv2.imwrite(str(tmp / "labelled.png"), self.labelled[:, :, ::-1])
         self.path.to_lyra_npz(tmp / "trajectory.npz")
         if self.splats is not None:
             write_ply(tmp / "splats.ply", self.splats)
@@ -98,6 +110,15 @@ class Walkthrough:
                     "frames": len(self), "width": self.path.width, "height": self.path.height,
                     "fps": self.path.fps, **self.info}
         write_json_atomically(tmp / "manifest.json", manifest)
+
+    def save_in_background(self, folder: str | Path, force: bool = False) -> Future[Path]:
+        """`save` on a thread of its own, so later stages need not wait for the files; the future's
+        result() is the folder, or raises what the writer raised. The arrays must not change meanwhile."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="walkthrough-save")
+        try:
+            return pool.submit(self.save, folder, force)
+        finally:
+            pool.shutdown(wait=False)  # the thread ends with its one task
 
     # -- reading ----------------------------------------------------------------------------------------
 
@@ -122,6 +143,10 @@ class Walkthrough:
             info = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
         except ValueError as exc:
             raise LyraAssetsError(f"{folder / 'manifest.json'}: not valid JSON ({exc})") from exc
+        version = info.get("format_version", 1)
+        if version not in READABLE_VERSIONS:
+            raise LyraAssetsError(f"{folder / 'manifest.json'}: walkthrough format version {version}; this "
+                                  f"lyra-assets reads versions {READABLE_VERSIONS}: update lyra-assets")
         path = CameraPath.from_lyra_npz(folder / "trajectory.npz", fps=float(info.get("fps", 16.0)))
         frame_files = sorted((folder / "frames").glob("*.png"))
         if len(frame_files) != len(path):
@@ -143,9 +168,10 @@ class Walkthrough:
                     else np.ones(depth.shape, dtype=bool))
         input_image = _read_rgb(folder / "input.png")
         splats = read_ply(folder / "splats.ply") if (folder / "splats.ply").exists() else None
+        labelled = _read_rgb(folder / "labelled.png") if (folder / "labelled.png").exists() else None
         known = ("format", "format_version", "frames", "width", "height", "fps")
         return cls(frames, depth, observed, path, input_image, {k: v for k, v in info.items() if k not in known},
-                   splats)
+                   splats, labelled)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -155,14 +181,21 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def _save_npz_fast(path: Path, **arrays: np.ndarray) -> None:
-    """np.savez_compressed at zlib level 1: several times faster than the default level, nearly as small."""
+def _save_npz_fast(path: Path, dtype: DTypeLike | None = None, **arrays: np.ndarray) -> None:
+    """np.savez_compressed at zlib level 1 (several times faster than the default level, nearly as small),
+    each array stored as `dtype` if given. Written one frame (first index) at a time, so a conversion never
+    copies the whole array."""
 
     def write(f):
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
             for key, value in arrays.items():
+                stored = np.dtype(dtype or value.dtype).newbyteorder("<")
+                header = {"descr": np.lib.format.dtype_to_descr(stored), "fortran_order": False,
+                          "shape": value.shape}
                 with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, np.ascontiguousarray(value), allow_pickle=False)
+                    np.lib.format.write_array_header_1_0(member, header)
+                    for frame in value:
+                        member.write(np.ascontiguousarray(frame, stored).tobytes())
 
     write_atomically(path, write)
 
@@ -217,11 +250,13 @@ def depth_to_colour(depth: np.ndarray, far: float | None = None) -> np.ndarray:
 
 
 def contact_sheet(walk: Walkthrough, columns: int = 5, tile_width: int = 320) -> np.ndarray:
-    """Input image, then `columns` evenly spaced frames over their depth and observed mask."""
+    """Input image (over the generator's labelling, if any), then `columns` evenly spaced frames over their
+    depth and observed mask."""
     h, w = walk.path.height, walk.path.width
     tile_h = round(tile_width * h / w)
     idx = np.linspace(0, len(walk) - 1, columns).round().astype(int)
-    far = float(np.percentile(walk.depth[walk.depth > 0], 99)) if (walk.depth > 0).any() else 1.0
+    shown = walk.depth[idx]  # the scale from the frames shown: memory for a few frames, not the whole walk
+    far = float(np.percentile(shown[shown > 0], 99)) if (shown > 0).any() else 1.0
 
     def tile(image: np.ndarray) -> np.ndarray:
         return cv2.resize(image, (tile_width, tile_h), interpolation=cv2.INTER_AREA)
@@ -235,8 +270,15 @@ def contact_sheet(walk: Walkthrough, columns: int = 5, tile_width: int = 320) ->
     grid = np.vstack(rows)
     ih, iw = walk.input_image.shape[:2]
     input_h = grid.shape[0]
-    input_tile = cv2.resize(walk.input_image, (round(iw * input_h / ih), input_h), interpolation=cv2.INTER_AREA)
+    shown = [walk.input_image] if walk.labelled is None else [walk.input_image, walk.labelled]
+    tile_h = input_h // len(shown)
+    input_w = round(iw * tile_h / ih)
+    input_tile = np.vstack([cv2.resize(image, (input_w, tile_h), interpolation=cv2.INTER_AREA) for image in shown]
+                           + [np.zeros((input_h - tile_h * len(shown), input_w, 3), np.uint8)])
     sheet = np.hstack([input_tile, np.full((input_h, 8, 3), 255, np.uint8), grid])
+    if walk.labelled is not None:
+        cv2.putText(sheet, "labelling", (6, tile_h + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+                    cv2.LINE_AA)
     for col, i in enumerate(idx):
         x = input_tile.shape[1] + 8 + col * tile_width + 6
         cv2.putText(sheet, f"frame {i}", (x, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)

@@ -79,3 +79,72 @@ def forward_path(frames: int = 9, distance: float = 1.5, width: int = 160, heigh
         c2w[i, :3, :3] = [[c, 0, si], [0, 1, 0], [-si, 0, c]]
         c2w[i, :3, 3] = [0.3 * np.sin(np.pi * s), 0.0, distance * s]
     return CameraPath(c2w, intrinsics_from_fov(hfov_deg, width, height), width, height)
+
+
+@dataclass
+class OpenGroundScene:
+    """Outdoors: tiled ground `eye_height` below the camera, blocks standing on it, and a sky (depth 0).
+
+    Blocks are (lo, hi) boxes in OpenCV axes (y down); their bottoms should sit on the ground (y = eye
+    height). The camera may be pitched down by `pitch_deg` (an aerial view when eye_height is large)."""
+
+    eye_height: float = 1.6
+    tile_m: float = 1.0  # ground tile size; larger for views from high up, so the tiles don't alias
+    blocks: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=lambda: [
+        (np.array([-3.5, -1.4, 7.0]), np.array([-1.5, 1.6, 8.5])),
+        (np.array([1.0, -0.6, 11.0]), np.array([4.0, 1.6, 12.0])),
+    ])
+
+    def _colour(self, points: np.ndarray, sky: np.ndarray, block: np.ndarray, elevation: np.ndarray) -> np.ndarray:
+        x, y, z = points[..., 0], points[..., 1], points[..., 2]
+        t = self.tile_m
+        grout = (np.abs((x + t / 2) % t - t / 2) < 0.03 * t) | (np.abs((z + t / 2) % t - t / 2) < 0.03 * t)
+        ground = np.where(grout[..., None], [0.35, 0.33, 0.3], [0.62, 0.55, 0.45])
+        ground = ground * (0.9 + 0.1 * np.sin(7.1 * x) * np.cos(5.3 * z))[..., None]
+        course = np.floor(y / 0.25)
+        mortar = (np.abs((y + 0.125) % 0.25 - 0.125) < 0.02) | (
+            np.abs(((x + z) + 0.25 * course) % 0.5 - 0.25) < 0.02)
+        tint = np.array([[0.7, 0.3, 0.25], [0.3, 0.4, 0.65], [0.35, 0.6, 0.3]])[np.maximum(block, 0) % 3]
+        wall = np.where(mortar[..., None], 0.85, tint)
+        blue = np.stack([0.45 - 0.25 * elevation, 0.65 - 0.2 * elevation, 0.95 - 0.05 * elevation], -1)
+        out = np.where((block >= 0)[..., None], wall, ground)
+        return np.where(sky[..., None], blue, out)
+
+    def render(self, path: CameraPath) -> Walkthrough:
+        n, h, w = len(path), path.height, path.width
+        frames = np.empty((n, h, w, 3), np.uint8)
+        depth = np.empty((n, h, w), np.float32)
+        for i in range(n):
+            dirs = pixel_rays(path.K[i], w, h) @ path.c2w[i, :3, :3].T
+            origin = path.c2w[i, :3, 3]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = np.where(dirs[..., 1] > 1e-9, (self.eye_height - origin[1]) / dirs[..., 1], np.inf)
+                t[t <= 0] = np.inf
+                block = np.full(t.shape, -1)
+                for k, (lo, hi) in enumerate(self.blocks):
+                    a, b = (lo - origin) / dirs, (hi - origin) / dirs
+                    near = np.max(np.minimum(a, b), axis=-1)
+                    far = np.min(np.maximum(a, b), axis=-1)
+                    hit = (near <= far) & (near > 1e-6) & (near < t)
+                    t = np.where(hit, near, t)
+                    block = np.where(hit, k, block)
+            sky = ~np.isfinite(t)
+            points = origin + np.where(sky, 1.0, t)[..., None] * dirs
+            elevation = np.clip(-dirs[..., 1] / np.linalg.norm(dirs, axis=-1), 0, 1)
+            frames[i] = np.clip(self._colour(points, sky, block, elevation) * 255 + 0.5, 0, 255).astype(np.uint8)
+            depth[i] = np.where(sky, 0.0, t)
+        return Walkthrough(frames, depth, np.ones((n, h, w), bool), path, frames[0].copy(),
+                           {"generator": {"name": "test-open-ground"}})
+
+
+def sample_bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """(P, C) floats 0..1: a GPU's bilinear lookup of a uint8 texture at glTF UVs (texel (col, row) centred
+    at ((col + .5) / S, (row + .5) / S), clamped at the edges)."""
+    size = image.shape[0]
+    x, y = uv[:, 0] * size - 0.5, uv[:, 1] * size - 0.5
+    x0 = np.clip(np.floor(x).astype(int), 0, size - 2)
+    y0 = np.clip(np.floor(y).astype(int), 0, size - 2)
+    fx, fy = np.clip(x - x0, 0, 1)[:, None], np.clip(y - y0, 0, 1)[:, None]
+    img = image.astype(np.float64) / 255.0
+    return ((1 - fx) * (1 - fy) * img[y0, x0] + fx * (1 - fy) * img[y0, x0 + 1]
+            + (1 - fx) * fy * img[y0 + 1, x0] + fx * fy * img[y0 + 1, x0 + 1])

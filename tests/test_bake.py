@@ -13,16 +13,16 @@ import trimesh
 from scenes import BoxScene, forward_path
 
 from lyra_assets.assets.bake import (
-    Surface,
+    TexelLayout,
     _rasterise,
     bake_albedo,
+    bake_level,
     bake_normal_map,
     fill_gutter,
-    linear_to_srgb,
-    srgb_to_linear,
     texels,
-    vertex_normals,
 )
+from lyra_assets.assets.colour import linear_to_srgb, srgb_to_linear
+from lyra_assets.assets.surface import Surface, vertex_normals
 from lyra_assets.assets.uv import tangents, unwrap
 from lyra_assets.trajectory import CameraPath, intrinsics_from_fov
 from lyra_assets.walkthrough import Walkthrough
@@ -72,15 +72,19 @@ def test_srgb_round_trip_and_known_values():
 
 def test_rasterise_covers_exactly_the_texel_centres_inside_each_triangle():
     uv_px = np.array([[1.2, 0.7], [7.9, 2.1], [3.3, 6.8]])
-    face_map, bary = _rasterise(uv_px, np.array([[0, 1, 2]]), 8)
+    face_map = _rasterise(uv_px, np.array([[0, 1, 2]]), 8)
     x, y = np.meshgrid(np.arange(8) + 0.5, np.arange(8) + 0.5)
     sides = [(uv_px[(k + 1) % 3, 0] - uv_px[k, 0]) * (y - uv_px[k, 1])
              - (uv_px[(k + 1) % 3, 1] - uv_px[k, 1]) * (x - uv_px[k, 0]) for k in range(3)]
     inside = np.all(np.stack(sides) >= 0, axis=0) | np.all(np.stack(sides) <= 0, axis=0)
     assert np.array_equal(face_map == 0, inside)
-    b = bary[inside].astype(float)
-    rebuilt = (1 - b.sum(1))[:, None] * uv_px[0] + b[:, :1] * uv_px[1] + b[:, 1:] * uv_px[2]
-    np.testing.assert_allclose(rebuilt, np.column_stack([x[inside], y[inside]]), atol=1e-5)
+    # A triangle lying in the plane z = 0 as it lies in UV space: each texel's point is its centre.
+    vertices = np.column_stack([uv_px, np.zeros(3)])
+    frames = np.tile([[0.0, 0.0, 1.0]], (3, 1)), np.tile([[1.0, 0.0, 0.0, 1.0]], (3, 1))
+    tex = texels(vertices, np.array([[0, 1, 2]]), *frames, uv_px / 8, 8)
+    assert np.array_equal(np.sort(tex.index), np.flatnonzero(inside))
+    np.testing.assert_allclose(tex.points[:, :2], np.column_stack([x.ravel()[tex.index], y.ravel()[tex.index]]),
+                               atol=1e-9)
 
 
 def test_gutter_takes_the_nearest_covered_value():
@@ -214,6 +218,15 @@ def test_albedo_of_the_box_room_matches_the_true_colours():
     tex = texels(atlas.vertices, atlas.faces, normals, frame, atlas.uv, 512)
     hit = surface.closest(tex.points)
     bake = bake_albedo(tex, hit, walk)
+    # The level bake goes chunk by chunk: small chunks, one whole-atlas chunk and the all-at-once bake agree.
+    layout = TexelLayout(atlas.vertices, atlas.faces, normals, frame, atlas.uv, 512)
+    reports = []
+    tiled = bake_level(layout, surface, walk, lambda *r: reports.append(r), chunk_texels=3000)
+    whole = bake_level(layout, surface, walk, chunk_texels=len(layout) + 512)
+    assert len(reports) > 10 and reports[-1] == (len(layout), len(layout))
+    for baked in (tiled, whole):
+        assert np.array_equal(baked.albedo.image, bake.image) and np.array_equal(baked.albedo.seen, bake.seen)
+        assert np.array_equal(baked.normal_map, bake_normal_map(tex, hit))
     observed = bake.observed.reshape(-1)[tex.index]
     assert observed.mean() > 0.3  # the walk sees a good part of the room
     truth = scene.colour(hit.points)

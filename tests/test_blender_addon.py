@@ -133,7 +133,7 @@ def test_presets_are_read_from_the_cli():
 
 def test_generators_are_read_from_the_cli():
     found = protocol.parse_generators(run_quick(protocol.generators_command(PYTHON_RUNNER)))
-    assert {g.name: g.needs_gpu for g in found} == {"layout": False, "lyra2": True}
+    assert {g.name: g.needs_gpu for g in found} == {"depth": False, "layout": False, "lyra2": True}
     with pytest.raises(ValueError, match="not a list of generators"):
         protocol.parse_generators("[1]")
 

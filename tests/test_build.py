@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from clients import blender_import, three_render
 from test_export import validator_report
 
-from lyra_assets import build
+from lyra_assets import build, mesh
 from lyra_assets.cli import main
 
 SMALL = {"camera": {"width": 208, "height": 120}, "path": {"frames": 13},
@@ -135,3 +135,10 @@ def test_mesh_on_a_broken_walkthrough_names_the_file(tmp_path):
     (tmp_path / "walkthrough").mkdir()
     result = CliRunner().invoke(main, ["mesh", str(tmp_path / "walkthrough"), "-o", str(tmp_path / "o")])
     assert result.exit_code == 2 and "manifest.json: missing" in result.output
+
+
+@pytest.mark.parametrize("size", [256, 512, 1024])
+def test_small_textures_build_with_the_default_lods_and_validate(built, tmp_path, size):
+    result = mesh(built[0].walkthrough_dir, tmp_path, options={"assets": {"texture_size": size}})
+    assert [lod["texture_size"] for lod in result.manifest["lods"]][0] == size
+    validator_report(result.glb)  # no errors or warnings

@@ -33,7 +33,7 @@ def test_generate_writes_a_complete_walkthrough(small_sidecar, tmp_path):
     folder = out / "corridor" / "walkthrough"
     names = {p.name for p in folder.iterdir()}
     assert names == {"manifest.json", "input.png", "frames", "depth.npz", "observed.npz", "trajectory.npz",
-                     "preview.mp4", "contact_sheet.png"}
+                     "preview.mp4", "contact_sheet.png", "labelled.png"}
     assert len(list((folder / "frames").glob("*.png"))) == 9
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["generator"]["name"] == "layout"
@@ -93,7 +93,7 @@ def test_bad_inputs_exit_2_with_a_message(tmp_path, small_sidecar):
     cases = [
         (["generate", tmp_path / "bad.png"], "not an image"),
         (["generate", small_sidecar, "--preset", "nope"], "command-line options: unknown preset 'nope'; available:"),
-        (["generate", small_sidecar, "--generator", "magic"], "unknown generator 'magic'; available: layout"),
+        (["generate", small_sidecar, "--generator", "magic"], "unknown generator 'magic'; available: depth, layout"),
         (["presets", "show", "nope"], "unknown preset"),
         (["build", small_sidecar, "--voxel-size", "-1"], "[fusion] voxel_size_m: Input should be greater than 0"),
         (["build", small_sidecar, "--texture-size", "100"], "texture_size: Value error, must be a power of two"),

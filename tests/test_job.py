@@ -149,3 +149,12 @@ def test_build_goes_on_from_the_walkthrough_this_job_saved(image, tmp_path):
     assert other_walk.exit_code == 0 and saved.stat().st_mtime_ns != before.st_mtime_ns  # other frames: made anew
     refused = run("build", image, "-o", tmp_path / "out", *options[2:], "--frames", 9)
     assert refused.exit_code == 2 and "already exists; pass --force" in refused.output
+
+
+def test_the_generators_own_table_is_checked_when_the_job_is_resolved(image):
+    image.with_suffix(".toml").write_text('[layout]\nvanishing_point = "x"\n')
+    with pytest.raises(LyraAssetsError, match=r"hall.toml: \[layout\] vanishing_point"):
+        resolve_job(image)
+    image.with_suffix(".toml").write_text('generator = "lyra2"\n[lyra2]\npose_scal = 1.0\n')
+    with pytest.raises(LyraAssetsError, match=r"\[lyra2\] unknown key 'pose_scal'"):
+        resolve_job(image)

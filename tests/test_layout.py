@@ -2,13 +2,16 @@
 import cv2
 import numpy as np
 import pytest
+from scenes import BoxScene, OpenGroundScene
 
 from lyra_assets.generators.layout import LayoutGenerator, LayoutHints, fit_room, mirror_fill
-from lyra_assets.images import load_concept_image
+from lyra_assets.generators.open_scene import continue_texture
+from lyra_assets.images import ConceptImage, load_concept_image
 from lyra_assets.motions import camera_path
 from lyra_assets.presets import available_presets, load_preset
 from lyra_assets.progress import silent
-from lyra_assets.trajectory import intrinsics_from_fov, pixel_rays, project
+from lyra_assets.trajectory import CameraPath, intrinsics_from_fov, pixel_rays, project
+from lyra_assets.walkthrough import Walkthrough
 
 SMALL = {"camera": {"width": 256, "height": 148}, "path": {"frames": 21}}
 
@@ -28,6 +31,12 @@ def _walk(image, preset_name, overrides=SMALL, hints=None):
 def psnr(a, b):
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return 10 * np.log10(255.0**2 / max(mse, 1e-12))
+
+
+def test_the_example_corridor_is_a_room(image):
+    generator = LayoutGenerator(load_preset("walk_forward"), {})
+    fit = generator._fit(image).fit
+    assert fit["case"] == "room" and fit["room_max_m"][1] == 1.6
 
 
 def test_vanishing_point_of_the_example_is_found(image):
@@ -79,7 +88,7 @@ def test_reprojection_check_fails_with_a_wrong_pose(image):
 
 def test_depth_is_exact_on_the_room_surfaces(image):
     generator, walk, _ = _walk(image, "look_around")
-    room = generator._fit(image)[0]
+    room = generator._fit(image).room
     path = walk.path
     for i in (0, 7, 15):
         rays = pixel_rays(path.K[i], path.width, path.height).reshape(-1, 3)
@@ -157,3 +166,118 @@ def test_mirror_fill_reflects_the_pattern():
     filled = mirror_fill(stripes, known)
     assert np.array_equal(filled[:, :20], stripes[:, :20])
     assert np.array_equal(filled[:, 20:39], stripes[:, 18::-1])  # column 19 + k shows column 19 - k
+
+
+# -- open scenes: ground, pop-ups, sky ---------------------------------------------------------------------
+
+OPEN_SIZE = (320, 184)
+
+
+def _open_image(scene, pitch_deg=0.0):
+    """The scene's first view as a concept image, with its true depth (0 = sky) and the camera pose."""
+    a = np.radians(pitch_deg)
+    pose = np.eye(4)
+    pose[:3, :3] = [[1, 0, 0], [0, np.cos(a), np.sin(a)], [0, -np.sin(a), np.cos(a)]]  # looks down by pitch
+    K = intrinsics_from_fov(60.0, *OPEN_SIZE)
+    truth = scene.render(CameraPath(pose[None], K, *OPEN_SIZE))
+    return ConceptImage(truth.frames[0], f"open{pitch_deg}", f"sha-{id(scene)}-{pitch_deg}"), truth.depth[0], pose
+
+
+@pytest.fixture(scope="module")
+def plaza():
+    return _open_image(OpenGroundScene())
+
+
+def test_outdoor_horizon_ground_and_popups_match_the_truth(plaza):
+    image, true_depth, _ = plaza
+    generator = LayoutGenerator(load_preset("walk_forward", overrides={"camera": {"width": 320, "height": 184}}), {})
+    layout = generator._fit(image)
+    fit = layout.fit
+    assert fit["case"] == "outdoor" and "sky" in fit["case_reason"]
+    assert abs(fit["horizon_px"] - OPEN_SIZE[1] / 2) < 2.0 and abs(fit["pitch_deg"]) < 1.0
+    assert fit["camera_height_m"] == 1.6
+    # Both blocks stand where they touch the ground: their fronts are 7 m and 11 m away.
+    assert any(abs(d - 7.0) < 1.0 for d in fit["popup_depth_m"]), fit["popup_depth_m"]
+    assert any(abs(d - 11.0) < 1.5 for d in fit["popup_depth_m"]), fit["popup_depth_m"]
+    _, depth, observed = layout.render(layout.scene.K_concept, np.eye(4), *OPEN_SIZE)
+    sky, solid = true_depth == 0, true_depth > 0
+    assert observed.mean() > 0.9
+    # The sky has no depth (so fusion and the collider ignore it); everything else has close to true depth.
+    assert np.mean(depth[sky] == 0) > 0.97
+    both = solid & (depth > 0)
+    assert both.sum() > 0.9 * solid.sum()
+    assert np.median(np.abs(depth[both] - true_depth[both]) / true_depth[both]) < 0.05
+
+
+def test_outdoor_revisits_are_identical_and_the_sky_stays_unknown(plaza, tmp_path):
+    image = plaza[0]
+    preset = load_preset("walk_and_return", overrides=SMALL)
+    generator = LayoutGenerator(preset, {})
+    path, _ = camera_path(preset, generator.survey(image))
+    walk = generator.generate(image, path, silent, memory=None)
+    n = len(walk)
+    assert not np.array_equal(walk.frames[0], walk.frames[n // 2])
+    for i in range(n):
+        assert np.array_equal(walk.frames[i], walk.frames[n - 1 - i]) and np.array_equal(walk.depth[i], walk.depth[n - 1 - i])
+    assert (walk.depth == 0).mean() > 0.2  # the sky, in every frame
+    assert walk.labelled is not None and walk.labelled.ndim == 3
+    assert walk.info["generator"]["layout"]["case"] == "outdoor"
+    again = Walkthrough.load(walk.save(tmp_path / "walk"))  # the labelling travels with the folder
+    assert np.array_equal(again.labelled, walk.labelled) and (tmp_path / "walk" / "labelled.png").exists()
+
+
+def test_no_camera_walks_into_a_popup():
+    blocking = OpenGroundScene(blocks=[(np.array([-1.0, -1.0, 6.0]), np.array([1.5, 1.6, 7.0]))])
+    image = _open_image(blocking)[0]
+    preset = load_preset("walk_forward", overrides={"path": {"distance_m": 20.0, "frames": 21}, **{"camera": SMALL["camera"]}})
+    generator = LayoutGenerator(preset, {})
+    space = generator.survey(image)
+    path, notes = camera_path(preset, space)
+    assert notes["shortened"]["factor"] < 1.0
+    # It stops the margin short of the block's front (6 m), not at the horizon.
+    assert 4.5 < path.centres[-1, 2] < 6.0 - preset.scene.margin_m + 0.15
+    assert space.clearance(path.centres).min() >= preset.scene.margin_m - 1e-6
+
+
+def test_an_aerial_view_is_recognised_and_its_height_can_be_given():
+    aerial = OpenGroundScene(eye_height=20.0, tile_m=5.0,
+                             blocks=[(np.array([-6.0, 10.0, 30.0]), np.array([4.0, 20.0, 40.0]))])
+    image, true_depth, _ = _open_image(aerial, pitch_deg=30.0)
+    preset = load_preset("walk_forward")
+    fit = LayoutGenerator(preset, {})._fit(image).fit
+    assert fit["case"] == "aerial" and abs(fit["pitch_deg"] - 30.0) < 1.5
+    assert fit["camera_height_m"] == 30.0 and fit["camera_height_source"] == "aerial default"
+    layout = LayoutGenerator(preset, {"camera_height_m": 20.0})._fit(image)
+    assert layout.fit["camera_height_source"] == "sidecar"
+    depth = layout.render(layout.scene.K_concept, np.eye(4), *OPEN_SIZE)[1]
+    ground = (true_depth > 0) & (depth > 0)
+    assert np.median(np.abs(depth[ground] - true_depth[ground]) / true_depth[ground]) < 0.05
+
+
+def test_stray_lines_do_not_tilt_the_world():
+    """A picture without real verticals (smooth procedural colour) keeps a level, unrolled camera."""
+    image = _open_image(BoxScene())[0]
+    fit = LayoutGenerator(load_preset("walk_forward"), {})._fit(image).fit
+    assert fit["case"] == "outdoor" and abs(fit["roll_deg"]) < 2.0 and abs(fit["pitch_deg"]) < 5.0
+
+
+def test_the_sidecar_forces_the_case(image, plaza):
+    preset = load_preset("walk_forward")
+    assert LayoutGenerator(preset, {"scene": "room"})._fit(plaza[0]).fit["case"] == "room"
+    forced = LayoutGenerator(preset, {"scene": "outdoor", "horizon_px": 300.0})._fit(image).fit
+    assert forced["case"] == "outdoor" and forced["horizon_px"] == 300.0 and forced["horizon_source"] == "sidecar"
+    with pytest.raises(Exception, match="scene"):
+        LayoutGenerator(preset, {"scene": "cave"})
+
+
+def test_texture_continuation_keeps_what_was_seen_and_copies_no_mirror():
+    stripes = np.zeros((48, 96, 3), np.uint8)
+    stripes[:, ::4] = 255
+    known = np.zeros((48, 96), bool)
+    known[:, :48] = True
+    smooth = np.full(stripes.shape, 64.0, np.float32)
+    filled = continue_texture(stripes, known, smooth, patch=8)
+    assert np.array_equal(filled[:, :48], stripes[:, :48])
+    assert not np.array_equal(filled[:, 48:95], stripes[:, 47:0:-1])  # no reflection about the edge
+    assert filled[:, 48:].std() > 10  # detail continued, not a flat fill
+    assert np.array_equal(filled, continue_texture(stripes, known, smooth, patch=8))  # deterministic

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 import trimesh
-from scenes import BoxScene, forward_path
+from scenes import BoxScene, forward_path, sample_bilinear
 
-from lyra_assets.assets.bake import Surface
 from lyra_assets.assets.level import make_level_asset
+from lyra_assets.assets.surface import Surface
 from lyra_assets.settings import AssetSettings
 from lyra_assets.assets.lod import compact, geometric_error, screen_coverages, simplify, surface_samples, welded
 from lyra_assets.assets.uv import _chart_ids, unwrap
@@ -36,18 +36,6 @@ def dense_room(scene: BoxScene, edge: float = 0.08) -> trimesh.Trimesh:
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(1.0 / np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)))
-
-
-def _sample_texture(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Bilinear lookup as a GPU does (glTF UVs: texel (col, row) centred at ((col + .5) / S, (row + .5) / S))."""
-    size = image.shape[0]
-    x, y = uv[:, 0] * size - 0.5, uv[:, 1] * size - 0.5
-    x0 = np.clip(np.floor(x).astype(int), 0, size - 2)
-    y0 = np.clip(np.floor(y).astype(int), 0, size - 2)
-    fx, fy = np.clip(x - x0, 0, 1)[:, None], np.clip(y - y0, 0, 1)[:, None]
-    img = image.astype(float) / 255.0
-    return ((1 - fx) * (1 - fy) * img[y0, x0] + fx * (1 - fy) * img[y0, x0 + 1]
-            + (1 - fx) * fy * img[y0 + 1, x0] + fx * fy * img[y0 + 1, x0 + 1])
 
 
 def _texel_centres(lod, size: int, samples: int = 20_000):
@@ -201,8 +189,8 @@ def test_lod1_shares_lod0_atlas_and_shows_the_same_colours(asset_and_progress):
     lod0, lod1 = asset.lods[:2]
     assert lod1.albedo is lod0.albedo
     points = surface_samples(lod1.vertices, lod1.faces, 20_000, seed=3)
-    seen_by_lod1 = _sample_texture(lod1.albedo, _uv_at(lod1.vertices, lod1.faces, lod1.uv, points))
-    seen_by_lod0 = _sample_texture(lod0.albedo, _uv_at(lod0.vertices, lod0.faces, lod0.uv, points))
+    seen_by_lod1 = sample_bilinear(lod1.albedo, _uv_at(lod1.vertices, lod1.faces, lod1.uv, points))
+    seen_by_lod0 = sample_bilinear(lod0.albedo, _uv_at(lod0.vertices, lod0.faces, lod0.uv, points))
     assert _psnr(seen_by_lod1, seen_by_lod0) >= 45.0
 
 

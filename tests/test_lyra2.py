@@ -360,7 +360,7 @@ def test_settings_come_from_the_sidecar_then_the_environment(monkeypatch, tmp_pa
     assert generator.settings.use_dmd and generator.settings.pose_scale == 1.1
     assert generator.licence == MODEL_LICENCE and "research" in generator.licence and "Apache-2.0" in generator.licence
     assert "research use only" in generator.notice
-    with pytest.raises(LyraAssetsError, match=r"concept.toml: \[lyra2\] pose_scal"):
+    with pytest.raises(LyraAssetsError, match=r"concept.toml: \[lyra2\] unknown key 'pose_scal'"):
         create("lyra2", preset(), {"pose_scal": 1.0}, source="concept.toml")
 
 

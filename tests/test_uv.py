@@ -6,8 +6,8 @@ import pytest
 import trimesh
 from scenes import BoxScene
 
-from lyra_assets.assets.bake import vertex_normals
-from lyra_assets.assets.uv import _chart_ids, tangents, unwrap
+from lyra_assets.assets.surface import vertex_normals
+from lyra_assets.assets.uv import AtlasFull, _chart_ids, tangents, unwrap, unwrap_fitting
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +115,25 @@ def test_tangents_are_unit_and_orthogonal_to_normals(room, atlas):
     np.testing.assert_allclose(np.linalg.norm(frame[:, :3], axis=1), 1.0, atol=1e-5)
     assert np.abs(np.sum(frame[:, :3] * normals, axis=1)).max() < 1e-5
     assert set(np.unique(frame[:, 3])) <= {-1.0, 1.0}
+
+
+@pytest.fixture(scope="module")
+def coarse_room() -> trimesh.Trimesh:
+    scene = BoxScene()
+    v, f = trimesh.remesh.subdivide_to_size(scene.mesh().vertices, scene.mesh().faces, 0.6)
+    return trimesh.Trimesh(v, f, process=True)
+
+
+def test_a_small_atlas_takes_fewer_charts_and_narrower_gutters(coarse_room):
+    room = coarse_room
+    # 100-face chunks give the room's walls many charts; 8-texel gutters around them cannot fit 32x32.
+    with pytest.raises(AtlasFull):
+        unwrap(room.vertices, room.faces, size=32, padding=8, chunk_faces=100)
+    atlas = unwrap_fitting(room.vertices, room.faces, size=32, padding=8)
+    assert atlas.padding < 8 and atlas.size == 32
+    assert atlas.uv.min() >= 0.0 and atlas.uv.max() <= 1.0
+
+
+def test_an_atlas_too_small_for_any_gutter_names_the_level_and_the_option(coarse_room):
+    with pytest.raises(AtlasFull, match=r"LOD3 \(.* triangles\) does not fit one 4x4 atlas.*--texture-size"):
+        unwrap_fitting(coarse_room.vertices, coarse_room.faces, size=4, padding=4, what="LOD3")

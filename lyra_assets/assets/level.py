@@ -13,6 +13,9 @@ so LOD0 and the collider have ground there.
 Texture sizes halve per level (texture_size >> k, at least settings.MIN_TEXTURE_SIZE). A level on LOD0's atlas
 bakes its normal map at its own size on LOD0's layout, so its gutters are LOD0's padding scaled down:
 with the defaults (2048 px, 4 texels) LOD1 keeps 2 texels and shares, LOD2 would keep 1 and gets its own.
+Small atlases (--texture-size 256 to 1024 leave a low level 64-128 px) whose charts do not fit are
+charted in fewer pieces, then with narrower gutters (uv.unwrap_fitting), and a level that still does not
+fit gets twice its texture size, up to LOD0's (the manifest lists each level's size).
 """
 from __future__ import annotations
 
@@ -26,11 +29,12 @@ from ..progress import Progress, silent
 from ..settings import AssetSettings
 from ..walkthrough import Walkthrough
 from . import LevelAsset, LodLevel
-from .bake import Surface, bake_albedo, bake_normal_map, texels, vertex_normals
+from .bake import TexelLayout, bake_level
 from .collision import make_collider
 from .lod import compact, geometric_error, screen_coverages, simplify, surface_samples, welded
 from .spawn import floor_under_spawn
-from .uv import Atlas, tangents, unwrap
+from .surface import Surface, vertex_normals
+from .uv import Atlas, AtlasFull, tangents, unwrap_fitting
 
 # A level keeps LOD0's atlas if simplifying with the seams kept gets within 10 % of its triangle budget,
 # and if LOD0's padding, scaled to the level's smaller texture, still leaves MIN_SHARED_GUTTER texels
@@ -72,8 +76,8 @@ def make_level_asset(name: str, dense: trimesh.Trimesh, walk: Walkthrough,
     progress("lod", 1, n_levels, "LOD0")
 
     progress("uv", 0, 1)
-    lod0_atlas = unwrap(lod0_vertices, lod0_faces, settings.texture_size, settings.padding,
-                        settings.texels_per_metre)
+    lod0_atlas = unwrap_fitting(lod0_vertices, lod0_faces, settings.texture_size, settings.padding,
+                                settings.texels_per_metre, "LOD0")
     progress("uv", 1, 1, "LOD0 atlas")
     # Each lower level: geometry on LOD0's atlas, or faces over LOD0's welded mesh still to be unwrapped.
     # Each level on the atlas is simplified from the one before it: nested levels, and each step starts
@@ -82,7 +86,7 @@ def make_level_asset(name: str, dense: trimesh.Trimesh, walk: Walkthrough,
     previous = lod0_atlas.faces
     for k, ratio in enumerate(settings.lod_ratios, start=1):
         target = max(4, round(len(lod0_faces) * ratio))
-        gutter = settings.padding * settings.texture_size_of(k) / settings.texture_size
+        gutter = lod0_atlas.padding * settings.texture_size_of(k) / settings.texture_size
         shared = simplify(lod0_atlas.vertices, previous, target) if gutter >= MIN_SHARED_GUTTER else None
         if shared is not None and len(shared) <= SHARED_ATLAS_SLACK * target:
             kept, faces = compact(shared)
@@ -114,34 +118,43 @@ def make_level_asset(name: str, dense: trimesh.Trimesh, walk: Walkthrough,
 
 
 def _own_atlas(vertices: np.ndarray, faces: np.ndarray, level: int, settings: AssetSettings) -> _Geometry:
-    """A level simplified without LOD0's seams, unwrapped on its own at its texture size."""
+    """A level simplified without LOD0's seams, unwrapped on its own at its texture size; if its charts do
+    not fit that even with narrow gutters, at twice the size (up to LOD0's), rather than fail the build."""
     kept, local = compact(faces)
     size = settings.texture_size_of(level)
-    density = settings.texels_per_metre and settings.texels_per_metre * size / settings.texture_size
-    atlas = unwrap(vertices[kept], local, size, settings.padding, density)
-    return _Geometry(atlas, np.arange(len(atlas.vertices)), atlas.faces.astype(np.int64), size)
+    while True:
+        density = settings.texels_per_metre and settings.texels_per_metre * size / settings.texture_size
+        try:
+            atlas = unwrap_fitting(vertices[kept], local, size, settings.padding, density, f"LOD{level}")
+            return _Geometry(atlas, np.arange(len(atlas.vertices)), atlas.faces.astype(np.int64), size)
+        except AtlasFull:
+            if size >= settings.texture_size:
+                raise
+            size *= 2
 
 
 def _bake(levels: list[_Geometry], surface: Surface, walk: Walkthrough, progress: Progress) -> list[LodLevel]:
-    """Normal map for every level, albedo for every atlas (levels on an atlas share its image)."""
+    """Normal map for every level, albedo for every atlas (levels on an atlas share its image). Progress
+    counts texels of the atlases, so it moves chunk by chunk through the long levels."""
     albedo_of: dict[int, np.ndarray] = {}  # id(atlas) -> albedo image
-    total = len(levels) + len({id(g.atlas) for g in levels})
-    done = 0
-    progress("bake", done, total)
+    total, done = sum(g.size**2 for g in levels), 0
+    progress("bake", 0, total)
     lods = []
     for k, g in enumerate(levels):
-        vertices = g.vertices
-        normals = vertex_normals(vertices, g.faces)
-        frame = tangents(vertices, g.faces, normals, g.uv)
-        tex = texels(vertices, g.faces, normals, frame, g.uv, g.size)
-        hit = surface.closest(tex.points)
-        normal_map = bake_normal_map(tex, hit)
-        done += 1
-        progress("bake", done, total, f"LOD{k} normal map")
-        if id(g.atlas) not in albedo_of:  # the atlas' own level bakes first: LOD0, or a re-unwrapped one
-            albedo_of[id(g.atlas)] = bake_albedo(tex, hit, walk).image
-            done += 1
-            progress("bake", done, total, f"LOD{k} albedo")
-        lods.append(LodLevel(vertices.astype(np.float32), g.faces.astype(np.uint32), normals, g.uv, frame,
-                             albedo_of[id(g.atlas)], normal_map, screen_coverage=0.0, geometric_error=0.0))
+        normals = vertex_normals(g.vertices, g.faces)
+        frame = tangents(g.vertices, g.faces, normals, g.uv)
+        layout = TexelLayout(g.vertices, g.faces, normals, frame, g.uv, g.size)
+        # The atlas' own level bakes its albedo: LOD0, or a re-unwrapped level.
+        own_albedo = id(g.atlas) not in albedo_of
+        what = f"LOD{k} normal map" + (" and albedo" if own_albedo else "")
+
+        def report(texels: int, of: int, before: int = done, size: int = g.size, what: str = what) -> None:
+            progress("bake", before + size * size * texels // max(of, 1), total, what)
+
+        baked = bake_level(layout, surface, walk if own_albedo else None, report)
+        done += g.size**2
+        if own_albedo:
+            albedo_of[id(g.atlas)] = baked.albedo.image
+        lods.append(LodLevel(g.vertices.astype(np.float32), g.faces.astype(np.uint32), normals, g.uv, frame,
+                             albedo_of[id(g.atlas)], baked.normal_map, screen_coverage=0.0, geometric_error=0.0))
     return lods

@@ -10,7 +10,7 @@ Geometric error (LodLevel.geometric_error) is a sampled two-sided Hausdorff dist
 largest of (a) distances from ERROR_SAMPLES points spread uniformly over the level's surface to the dense
 mesh and (b) distances from ERROR_SAMPLES points spread over the dense mesh to the level's surface.
 (a) alone would miss a feature the level has lost (a collapsed post's tip lies far from the level, but
-the level lies close to the post's foot). Both use bake.Surface's exact closest-point query.
+the level lies close to the post's foot). Both use surface.Surface's exact closest-point query.
 
 Screen coverage (LodLevel.screen_coverage) is the fraction of the screen's height the asset's bounding
 sphere spans, as in Unity's LOD groups; a level is shown while the asset covers at least its value.
@@ -28,7 +28,8 @@ import numpy as np
 import trimesh
 
 from ..errors import LyraAssetsError
-from .bake import Surface, weld
+from .geometry import repeats_a_vertex, triangle_areas
+from .surface import Surface, weld
 
 ERROR_SAMPLES = 20_000  # per direction: the 99.99th percentile of the true distances, near enough the max
 PIXEL_ERROR = 1.0
@@ -42,8 +43,7 @@ def welded(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndar
     ids = weld(vertices)  # 0 .. n - 1
     _, first = np.unique(ids, return_index=True)  # each id's first vertex
     faces = ids[np.asarray(faces, np.int64)]
-    keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
-    return np.asarray(vertices)[first], faces[keep]
+    return np.asarray(vertices)[first], faces[~repeats_a_vertex(faces)]
 
 
 def simplify(vertices: np.ndarray, faces: np.ndarray, target_triangles: int) -> np.ndarray:
@@ -70,16 +70,16 @@ def compact(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def surface_samples(vertices: np.ndarray, faces: np.ndarray, count: int = ERROR_SAMPLES,
                     seed: int = 0) -> np.ndarray:
     """(count, 3) points spread uniformly (by area) over a mesh's surface; the same seed, the same points."""
-    p = np.asarray(vertices, np.float64)[np.asarray(faces, np.int64)]
-    area = 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1)
+    vertices, faces = np.asarray(vertices, np.float64), np.asarray(faces, np.int64)
+    area = triangle_areas(vertices, faces)
     if not area.sum() > 0:
         raise LyraAssetsError("the mesh has no surface area to sample")
     rng = np.random.default_rng(seed)
-    face = np.minimum(np.searchsorted(np.cumsum(area) / area.sum(), rng.random(count)), len(p) - 1)
+    face = np.minimum(np.searchsorted(np.cumsum(area) / area.sum(), rng.random(count)), len(faces) - 1)
     r1, r2 = rng.random(count), rng.random(count)
     flip = r1 + r2 > 1.0  # fold the unit square onto the triangle: uniform barycentrics
     r1, r2 = np.where(flip, 1.0 - r1, r1), np.where(flip, 1.0 - r2, r2)
-    tri = p[face]
+    tri = vertices[faces[face]]
     return tri[:, 0] + r1[:, None] * (tri[:, 1] - tri[:, 0]) + r2[:, None] * (tri[:, 2] - tri[:, 0])
 
 

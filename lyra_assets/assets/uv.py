@@ -24,6 +24,7 @@ import scipy.sparse.csgraph
 import xatlas
 
 from ..errors import LyraAssetsError
+from .geometry import perpendicular, triangle_areas, unit
 
 # At most this many faces per chunk (about 600 on average). bench/bench_assets.py, 20k triangles of a fused
 # room: 1.2 s chunked against 14.7 s in one piece.
@@ -35,6 +36,15 @@ CHART_ITERATIONS = 0
 PACKING_EFFICIENCY = 0.62  # share of the atlas the padded charts get: xatlas fit them at 0.67, not 0.7
 DENSITY_RETRY = 0.9  # if the charts overflow one atlas anyway, pack again at 90 % of the density
 PACKING_TRIES = 12  # 0.9^12: down to 28 % of the estimate before giving up
+STUCK_TRIES = 3  # ... or sooner, once this many lower densities in a row overflow as many atlas pages
+# Small atlases (a low LOD's 64-256 px) may not hold the charts with their full gutters: try again with
+# chunks this large (fewer, larger charts; charting time is no concern on the few faces of a low level),
+# then with the gutter halved, down to 1 texel (bilinear filtering's minimum).
+FEW_CHARTS_CHUNK_FACES = 4000
+
+
+class AtlasFull(LyraAssetsError):
+    """The charts do not fit one atlas of the size asked for."""
 
 
 @dataclass
@@ -57,18 +67,51 @@ def unwrap(vertices: np.ndarray, faces: np.ndarray, size: int, padding: int = 4,
     texels_per_metre: the density to pack at; None fills the atlas. A density whose charts do not fit is
     lowered until they do (the Atlas reports the density used).
     """
-    vertices = np.asarray(vertices, np.float64)
-    faces = np.asarray(faces, np.int64)
-    if len(faces) == 0:
-        raise LyraAssetsError("UV unwrap: the mesh has no triangles")
-    split_source, split_faces, chart_uv = _charts(vertices, faces, _chunk_labels(vertices, faces, chunk_faces))
-    charts = _chart_ids(split_faces, len(split_source))
-    metric_uv = _to_metres(chart_uv, split_faces, vertices[split_source], charts)
-    density = texels_per_metre or _fill_density(metric_uv, split_faces, charts, size, padding)
-    packed_vertex, packed_faces, uv, density = _pack(metric_uv, split_faces, size, padding, density)
-    source = split_source[packed_vertex]
-    return Atlas(vertices[source].astype(np.float32), packed_faces.astype(np.uint32), uv.astype(np.float32),
-                 source, size, float(density), padding)
+    return _Charts(vertices, faces, chunk_faces).pack(size, padding, texels_per_metre)
+
+
+def unwrap_fitting(vertices: np.ndarray, faces: np.ndarray, size: int, padding: int = 4,
+                   texels_per_metre: float | None = None, what: str = "the mesh") -> Atlas:
+    """`unwrap`, and where the charts do not fit: fewer charts, then narrower gutters (module constants)."""
+    try:
+        return unwrap(vertices, faces, size, padding, texels_per_metre)
+    except AtlasFull:
+        pass
+    charts = _Charts(vertices, faces, FEW_CHARTS_CHUNK_FACES)  # charted once, packed with each gutter
+    while True:
+        try:
+            return charts.pack(size, padding, texels_per_metre)
+        except AtlasFull:
+            if padding == 1:
+                break
+            padding = max(1, padding // 2)
+    raise AtlasFull(f"UV unwrap: {what} ({len(faces):,} triangles) does not fit one {size}x{size} atlas even "
+                    f"with 1-texel gutters; use a larger --texture-size")
+
+
+class _Charts:
+    """A mesh split into charts, each scaled to its true size (metres), ready to pack at any size."""
+
+    def __init__(self, vertices: np.ndarray, faces: np.ndarray, chunk_faces: int) -> None:
+        self.vertices = np.asarray(vertices, np.float64)
+        faces = np.asarray(faces, np.int64)
+        if len(faces) == 0:
+            raise LyraAssetsError("UV unwrap: the mesh has no triangles")
+        self.source, self.faces, chart_uv = _charts(self.vertices, faces,
+                                                    _chunk_labels(self.vertices, faces, chunk_faces))
+        self.charts = _chart_ids(self.faces, len(self.source))
+        self.uv = _to_metres(chart_uv, self.faces, self.vertices[self.source], self.charts)
+
+    def pack(self, size: int, padding: int, texels_per_metre: float | None) -> Atlas:
+        n_charts = int(self.charts.max()) + 1
+        if n_charts * (padding + 1) ** 2 > size * size:  # even charts of one texel would overflow: say so now
+            raise AtlasFull(f"UV unwrap: {n_charts:,} charts with {padding}-texel gutters cannot fit one "
+                            f"{size}x{size} atlas; use a larger --texture-size")
+        density = texels_per_metre or _fill_density(self.uv, self.faces, self.charts, size, padding)
+        packed_vertex, packed_faces, uv, density = _pack(self.uv, self.faces, size, padding, density)
+        source = self.source[packed_vertex]
+        return Atlas(self.vertices[source].astype(np.float32), packed_faces.astype(np.uint32),
+                     uv.astype(np.float32), source, size, float(density), padding)
 
 
 # -- charts ------------------------------------------------------------------------------------------------
@@ -170,7 +213,7 @@ def _chart_ids(faces: np.ndarray, n_vertices: int) -> np.ndarray:
 def _to_metres(uv: np.ndarray, faces: np.ndarray, positions: np.ndarray, charts: np.ndarray) -> np.ndarray:
     """Scale each chart so its UV area equals its surface area (UV units = metres), and lay the charts
     out side by side: xatlas treats UV vertices at one position as one, so charts must not touch."""
-    surface = _areas(positions, faces)
+    surface = triangle_areas(positions, faces)
     flat = np.abs(_signed_uv_areas(uv, faces))
     face_chart = charts[faces[:, 0]]
     n = charts.max() + 1
@@ -209,6 +252,7 @@ def _fill_density(uv: np.ndarray, faces: np.ndarray, charts: np.ndarray, size: i
 def _pack(uv: np.ndarray, faces: np.ndarray, size: int, padding: int,
           density: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(vertex of `uv` per packed vertex, packed faces, packed UVs in [0, 1], density used)."""
+    overflow, stuck = np.inf, 0
     for _ in range(PACKING_TRIES):
         atlas = xatlas.Atlas()
         atlas.add_uv_mesh(uv.astype(np.float32), faces.astype(np.uint32))
@@ -221,19 +265,17 @@ def _pack(uv: np.ndarray, faces: np.ndarray, size: int, padding: int,
         if atlas.atlas_count == 1:
             vmap, index, packed = atlas[0]
             return vmap.astype(np.int64), index.astype(np.int64), np.clip(packed, 0.0, 1.0), density
+        # Lower densities that free no atlas page: the gutters, not the charts, fill the atlas.
+        stuck = stuck + 1 if atlas.atlas_count >= overflow else 0
+        if stuck == STUCK_TRIES:
+            break
+        overflow = min(overflow, atlas.atlas_count)
         density *= DENSITY_RETRY
-    raise LyraAssetsError(
-        f"UV unwrap: the charts with their {padding}-texel gutters do not fit one {size}x{size} atlas at any "
-        f"density; use a larger --texture-size or fewer --lod0-triangles ({len(faces):,} triangles now)"
-    )
+    raise AtlasFull(f"UV unwrap: the charts with their {padding}-texel gutters do not fit one {size}x{size} "
+                    f"atlas at any density; use a larger --texture-size ({len(faces):,} triangles now)")
 
 
 # -- measures ---------------------------------------------------------------------------------------------
-
-
-def _areas(positions: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    p = positions[faces]
-    return 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1)
 
 
 def _signed_uv_areas(uv: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -270,8 +312,8 @@ def tangents(vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, uv: n
     det = du1 * dv2 - du2 * dv1
     ok = np.abs(det) > 1e-20
     inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)[:, None]
-    face_t = _unit((e1 * dv2[:, None] - e2 * dv1[:, None]) * inv)
-    face_b = _unit((e2 * du1[:, None] - e1 * du2[:, None]) * inv)
+    face_t = unit((e1 * dv2[:, None] - e2 * dv1[:, None]) * inv)
+    face_b = unit((e2 * du1[:, None] - e1 * du2[:, None]) * inv)
     angles = _corner_angles(p)
     acc_t, acc_b = np.zeros_like(v), np.zeros_like(v)
     for corner in range(3):
@@ -281,8 +323,7 @@ def tangents(vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, uv: n
     tangent = acc_t - n * np.sum(acc_t * n, axis=1, keepdims=True)
     norm = np.linalg.norm(tangent, axis=1, keepdims=True)
     # A vertex whose UVs collapsed has no direction of its own: any perpendicular keeps the frame valid.
-    fallback = np.cross(n, np.where(np.abs(n[:, :1]) < 0.9, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]]))
-    tangent = np.where(norm > 1e-12, tangent / np.maximum(norm, 1e-30), _unit(fallback))
+    tangent = np.where(norm > 1e-12, tangent / np.maximum(norm, 1e-30), perpendicular(n))
     handed = np.where(np.sum(np.cross(n, tangent) * acc_b, axis=1) < 0, -1.0, 1.0)
     return np.hstack([tangent, handed[:, None]]).astype(np.float32)
 
@@ -290,12 +331,8 @@ def tangents(vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, uv: n
 def _corner_angles(p: np.ndarray) -> np.ndarray:
     out = np.empty(p.shape[:2])
     for k in range(3):
-        a = _unit(p[:, (k + 1) % 3] - p[:, k])
-        b = _unit(p[:, (k + 2) % 3] - p[:, k])
+        a = unit(p[:, (k + 1) % 3] - p[:, k])
+        b = unit(p[:, (k + 2) % 3] - p[:, k])
         out[:, k] = np.arccos(np.clip(np.sum(a * b, axis=1), -1.0, 1.0))
     return out
 
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.where(norm > 0, norm, 1.0)

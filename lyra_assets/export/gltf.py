@@ -41,6 +41,7 @@ from PIL import Image
 
 from .. import __version__
 from ..assets import Collider, LevelAsset, LodLevel
+from ..assets.geometry import perpendicular, repeats_a_vertex, unit
 from ..files import write_atomically
 from ..rotations import quaternion_from_matrix
 
@@ -214,17 +215,15 @@ def _vector(v: np.ndarray) -> list[float]:
 def lod_attributes(lod: LodLevel, name: str) -> dict[str, np.ndarray]:
     """The level's vertex data in glTF axes, with unit normals and tangents as the format requires."""
     positions = y_up_points(lod.vertices, name)
-    normals = _unit(_finite(lod.normals, name, "normals").astype(np.float64) * OPENCV_TO_GLTF)
+    # In float64, so they are still unit after the cast to float32.
+    normals = unit(_finite(lod.normals, name, "normals").astype(np.float64) * OPENCV_TO_GLTF)
     # A zero normal (a vertex no face uses after decimation) still has to be unit-length in the file.
-    normals[~np.isfinite(normals).all(axis=1)] = (0.0, 1.0, 0.0)
+    normals[~normals.any(axis=1)] = (0.0, 1.0, 0.0)
     tangents = _finite(lod.tangents, name, "tangents").astype(np.float64)
-    xyz = _unit(tangents[:, :3] * OPENCV_TO_GLTF)
+    xyz = unit(tangents[:, :3] * OPENCV_TO_GLTF)
     # A zero tangent (a vertex whose UVs collapsed) gets any direction perpendicular to its normal.
-    bad = ~np.isfinite(xyz).all(axis=1)
-    if bad.any():
-        n = normals[bad]
-        helper = np.where(np.abs(n[:, :1]) < 0.9, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]])
-        xyz[bad] = _unit(np.cross(n, helper))
+    bad = ~xyz.any(axis=1)
+    xyz[bad] = perpendicular(normals[bad])
     handedness = np.where(tangents[:, 3] < 0, -1.0, 1.0)[:, None]
     uv = _finite(lod.uv, name, "uv").astype(np.float32)
     count = len(positions)
@@ -244,14 +243,6 @@ def y_up_points(vertices: np.ndarray, name: str) -> np.ndarray:
     return _finite(vertices, name, "vertices").astype(np.float32) * OPENCV_TO_GLTF
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    """Rows scaled to length 1 in float64 (so they are still unit after the cast to float32); zero rows
-    become NaN for the caller to replace."""
-    length = np.linalg.norm(v, axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(length > 1e-12, v / length, np.nan)
-
-
 def _finite(array: np.ndarray, name: str, label: str) -> np.ndarray:
     array = np.asarray(array)
     if not np.isfinite(array).all():
@@ -262,8 +253,7 @@ def _finite(array: np.ndarray, name: str, label: str) -> np.ndarray:
 def drop_degenerate_triangles(faces: np.ndarray, name: str) -> np.ndarray:
     """Triangles that repeat a vertex draw nothing; the validator reports them, so they are left out."""
     faces = np.asarray(faces, np.int64).reshape(-1, 3)
-    keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
-    faces = faces[keep]
+    faces = faces[~repeats_a_vertex(faces)]
     if len(faces) == 0:
         raise ValueError(f"{name}: no triangles to export")
     return faces

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from ..errors import LyraAssetsError
 
 if TYPE_CHECKING:  # only for the interface's types: a job is resolved without loading any stage
+    from pydantic import BaseModel
+
     from ..images import ConceptImage
     from ..motions import FreeSpace
     from ..presets import Preset
@@ -26,6 +28,7 @@ if TYPE_CHECKING:  # only for the interface's types: a job is resolved without l
 REGISTRY = {
     "layout": "lyra_assets.generators.layout:LayoutGenerator",
     "lyra2": "lyra_assets.generators.lyra2:Lyra2Generator",
+    "depth": "lyra_assets.generators.depth:DepthGenerator",
 }
 DEFAULT = "layout"
 
@@ -40,6 +43,7 @@ class Generator(Protocol):
     takes_prompt: ClassVar[bool]  # `set_text` is called with the job's prompt before `generate`
     operator_only: ClassVar[tuple[str, ...]]  # its settings that name files or programs: never from a drop
     notice: str | None  # a line the user must read before a run (e.g. a research-only licence)
+    settings_model: ClassVar[type[BaseModel]]  # the schema of its own table, checked when a job is resolved
 
     def __init__(self, preset: Preset, settings: dict[str, Any], source: str) -> None: ...
 

@@ -1,30 +1,35 @@
-"""The embedded generator: lift the concept image into a textured box room and walk the camera through it.
+"""The embedded generator: lift the concept image into a 3D layout and walk the camera through it.
 
-No GPU, no weights, deterministic. The method is "Tour Into the Picture" (Horry et al., 1997):
+No GPU, no weights, deterministic. Two kinds of layout, decided per image (the sidecar's `[layout] scene`
+can force one) and recorded in the manifest:
 
-1. The dominant vanishing point of the picture is found from its line segments (or given in the sidecar).
-   The room's depth axis points through it; the room is upright in the camera's frame.
-2. A back-wall rectangle around the vanishing point (estimated from where the receding lines end, or given)
-   fixes the box: the floor lies `eye_height_m` below the camera, so the back wall's bottom edge gives its
-   depth, its side edges the side walls, its top edge the ceiling. All in metres.
-3. Each of the six faces gets a texture by projecting its texels into the concept image. Texels the image
-   never saw (behind the camera, under it, outside the frame) are filled by mirror extension: the texture is
-   reflected about the edge of what was seen, so floors and walls continue with their own pattern. Those
-   texels are marked synthesised.
-4. Every camera of the path ray casts the same box (a convex room seen from inside hides nothing of
-   itself), so depth is exact and a revisited pose renders the identical frame: spatial memory by
-   construction.
+- "room": an interior with a back wall, by "Tour Into the Picture" (Horry et al., 1997).
+  1. The dominant vanishing point of the picture is found from its line segments (or given in the sidecar).
+     The room's depth axis points through it; the room is upright in the camera's frame.
+  2. A back-wall rectangle around the vanishing point (estimated from where the receding lines end, or
+     given) fixes the box: the floor lies `eye_height_m` below the camera, so the back wall's bottom edge
+     gives its depth, its side edges the side walls, its top edge the ceiling. All in metres.
+  3. Each of the six faces gets a texture by projecting its texels into the concept image. Texels the image
+     never saw (behind the camera, under it, outside the frame) are filled by mirror extension and marked
+     synthesised.
+  4. Every camera of the path ray casts the same box, so depth is exact and a revisited pose renders the
+     identical frame.
+- "outdoor" and "aerial": a ground plane, pop-ups standing on it and a sky dome (open_scene.py), rendered
+  by scene_render.py. An aerial view is the same scene seen from high above (30 m unless the sidecar says).
+
+A picture with sky in it is open; one without sky but with a dominant vanishing point is a room; a steep
+downward view (from the vertical vanishing point) is aerial.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 
 from .. import __version__
@@ -33,20 +38,36 @@ from ..images import ConceptImage
 from ..motions import FreeSpace
 from ..presets import Preset
 from ..progress import Progress
+from ..settings import validated
 from ..trajectory import CameraPath, intrinsics_from_fov, pixel_centres
 from ..walkthrough import Walkthrough
+from . import open_scene
+from .scene_render import OpenScene, render_open
 
 MIN_WALL_DISTANCE = 0.6  # metres; a fitted wall never comes closer to the first camera than this
 MAX_TEXTURE_SIDE = 2048
+AERIAL_HEIGHT_M = 30.0  # a plausible drone or rooftop view when the sidecar gives no height
+AERIAL_PITCH_DEG = 25.0  # a view pitched down at least this much is aerial
+SKY_FRACTION = 0.03  # a picture with at least this much sky is open
 
 
 class LayoutHints(BaseModel):
     """The sidecar's `[layout]` table: overrides for what the fit would otherwise estimate."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    scene: Literal["auto", "room", "outdoor", "aerial"] = Field(
+        "auto", description="force the kind of layout instead of deciding from the picture")
     vanishing_point: tuple[float, float] | None = Field(None, description="pixels (x, y) in the concept image")
     back_wall: tuple[float, float, float, float] | None = Field(
-        None, description="back-wall rectangle x0, y0, x1, y1 in concept-image pixels")
+        None, description="room: back-wall rectangle x0, y0, x1, y1 in concept-image pixels")
+    horizon_px: float | None = Field(
+        None, description="open scenes: concept-image row where the horizon crosses the centre column")
+    roll_deg: float = Field(0.0, ge=-45.0, le=45.0, description="with horizon_px: the horizon's tilt")
+    camera_height_m: float | None = Field(
+        None, gt=0.0, le=10000.0, description="open scenes: camera above the ground (eye height, or 30 m aerial)")
+    far_m: float = Field(40.0, gt=1.0, le=10000.0,
+                         description="open scenes at eye height: the ground and pop-ups end this far away "
+                                     "(scaled with camera height); beyond is the dome")
 
 
 @dataclass(frozen=True)
@@ -74,6 +95,22 @@ class Atlas:
     density: float  # texels per metre
 
 
+Renderer = Callable[[np.ndarray, np.ndarray, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A fitted layout: how to render it from a camera, its free space, the fit for the manifest, and the
+    labelling drawn over the concept image."""
+
+    render: Renderer  # (K, c2w, width, height) -> frame, depth, observed
+    space: FreeSpace
+    fit: dict[str, Any]
+    labelled: np.ndarray  # (h, w, 3) uint8
+    room: Room | None = None
+    scene: OpenScene | None = None
+
+
 class LayoutGenerator:
     name = "layout"
     summary = "embedded default: a single-view layout of the picture; no GPU, no weights"
@@ -82,47 +119,128 @@ class LayoutGenerator:
     takes_prompt = False
     operator_only: tuple[str, ...] = ()
     notice = None
+    settings_model = LayoutHints
 
     def __init__(self, preset: Preset, settings: dict[str, Any], source: str = "settings") -> None:
-        try:
-            self.hints = LayoutHints.model_validate(settings)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise LyraAssetsError(f"{source}: [layout] {problems}") from exc
+        self.hints = validated(LayoutHints, settings, source, "[layout]")
         self.preset = preset
-        self._fitted: tuple[str, Room, Atlas, dict[str, Any]] | None = None
+        self._fitted: tuple[str, Layout] | None = None
 
     def survey(self, image: ConceptImage) -> FreeSpace:
-        room, _, _ = self._fit(image)
-        centre_q = np.array([(room.lo[0] + room.hi[0]) / 2, 0.0, (room.lo[2] + room.hi[2]) / 2])
-        return FreeSpace(depth=float(room.hi[2]), centre=room.axes @ centre_q, clearance=room.clearance)
+        return self._fit(image).space
 
     def generate(self, image: ConceptImage, path: CameraPath, progress: Progress,
                  memory: Walkthrough | None = None) -> Walkthrough:
-        """`memory` needs nothing here: the world is one fixed model, so any pose renders what it showed."""
+        """Render the path through the fitted layout. `memory` (a walkthrough to continue) needs nothing
+        here: the layout is one fixed model of the concept image, so a continuation renders the same
+        world and a revisited pose the identical frame."""
         started = time.perf_counter()
-        room, atlas, fit = self._fit(image)
+        layout = self._fit(image)
         n, h, w = len(path), path.height, path.width
         frames = np.empty((n, h, w, 3), np.uint8)
         depth = np.empty((n, h, w), np.float32)
         observed = np.empty((n, h, w), bool)
         for i in range(n):
-            frames[i], depth[i], observed[i] = render(room, atlas, path.K[i], path.c2w[i], w, h)
+            frames[i], depth[i], observed[i] = layout.render(path.K[i], path.c2w[i], w, h)
             progress("generate", i + 1, n, "rendering the layout")
         info = {"generator": {"name": self.name, "version": __version__, "licence": self.licence,
-                              "layout": fit},
+                              "layout": layout.fit},
                 "timings_s": {"generate": round(time.perf_counter() - started, 3)}}
-        return Walkthrough(frames, depth, observed, path, image.pixels, info)
+        return Walkthrough(frames, depth, observed, path, image.pixels, info, labelled=layout.labelled)
 
     # -- fitting --------------------------------------------------------------------------------------
 
-    def _fit(self, image: ConceptImage) -> tuple[Room, Atlas, dict[str, Any]]:
+    def _fit(self, image: ConceptImage) -> Layout:
         if self._fitted is None or self._fitted[0] != image.sha256:
-            room, fit = fit_room(image.pixels, self.preset.camera.hfov_deg, self.preset.scene.eye_height_m,
-                                 self.hints)
-            K = intrinsics_from_fov(self.preset.camera.hfov_deg, image.width, image.height)
-            self._fitted = (image.sha256, room, texture_atlas(room, image.pixels, K), fit)
-        return self._fitted[1:]
+            self._fitted = (image.sha256, fit_layout(image.pixels, self.preset, self.hints))
+        return self._fitted[1]
+
+
+def fit_layout(pixels: np.ndarray, preset: Preset, hints: LayoutHints) -> Layout:
+    """Decide room / outdoor / aerial for this picture and fit that layout."""
+    started = time.perf_counter()
+    h, w = pixels.shape[:2]
+    hfov, eye = preset.camera.hfov_deg, preset.scene.eye_height_m
+    K = intrinsics_from_fov(hfov, w, h)
+    segments = detect_segments(pixels)
+    vp = (np.array(hints.vanishing_point, float) if hints.vanishing_point is not None
+          else find_vanishing_point(segments, w, h))
+    case, why = hints.scene, "sidecar"
+    reading = None
+    if case in ("auto", "outdoor", "aerial"):
+        def read(horizon_vp: np.ndarray | None) -> open_scene.Reading:
+            return open_scene.read_picture(pixels, K, segments, horizon_vp, hints.horizon_px, hints.roll_deg,
+                                           AERIAL_PITCH_DEG * 1.8 if case == "aerial" else None)
+
+        # The horizon's vanishing point may lie above the frame (a steep view), so search beyond it.
+        reading = read(vp if hints.vanishing_point is not None else horizon_vanishing_point(segments, w, h))
+        pitch = open_scene.pitch_roll_deg(reading.down)[0]
+        if case == "auto" and pitch >= AERIAL_PITCH_DEG and np.mean(reading.labels == open_scene.GROUND) < 0.3:
+            # A steep view is mostly ground; lines meeting far outside the frame that leave little ground
+            # were not the horizon.
+            reading = read(None)
+            pitch = open_scene.pitch_roll_deg(reading.down)[0]
+        sky = float(np.mean(reading.labels == open_scene.SKY))
+        if case == "auto":
+            if pitch >= AERIAL_PITCH_DEG:
+                case, why = "aerial", f"camera pitched down {pitch:.0f} degrees"
+            elif sky >= SKY_FRACTION:
+                case, why = "outdoor", f"{100 * sky:.0f}% of the picture is sky"
+            elif vp is not None or hints.back_wall is not None:
+                case, why = "room", "no sky, and receding lines meet at a vanishing point"
+            else:
+                case, why = "outdoor", "no sky and no vanishing point: open ground with things on it"
+    if case == "room":
+        layout = room_layout(pixels, K, hfov, eye, hints, segments)
+    else:
+        layout = open_layout(pixels, K, reading, hints, eye, aerial=case == "aerial")
+    layout.fit.update({"case": case, "case_reason": why, "hfov_deg": hfov, "line_segments": int(len(segments)),
+                       "fit_s": round(time.perf_counter() - started, 3)})
+    return layout
+
+
+def room_layout(pixels: np.ndarray, K: np.ndarray, hfov: float, eye: float, hints: LayoutHints,
+                segments: np.ndarray) -> Layout:
+    room, fit = fit_room(pixels, hfov, eye, hints)
+    atlas = texture_atlas(room, pixels, K)
+    centre_q = np.array([(room.lo[0] + room.hi[0]) / 2, 0.0, (room.lo[2] + room.hi[2]) / 2])
+    space = FreeSpace(depth=float(room.hi[2]), centre=room.axes @ centre_q, clearance=room.clearance)
+    labelled = pixels.copy()
+    x0, y0, x1, y1 = (int(round(c)) for c in fit["back_wall"])
+    thick = max(2, pixels.shape[1] // 300)
+    cv2.rectangle(labelled, (x0, y0), (x1, y1), (255, 220, 0), thick)
+    vx, vy = (int(round(c)) for c in fit["vanishing_point"])
+    for cx, cy in ((0, 0), (pixels.shape[1], 0), (0, pixels.shape[0]), (pixels.shape[1], pixels.shape[0])):
+        cv2.line(labelled, (vx, vy), (cx, cy), (255, 60, 60), max(1, thick // 2), cv2.LINE_AA)
+    return Layout(lambda K_, c2w, w, h: render(room, atlas, K_, c2w, w, h), space, fit, labelled, room=room)
+
+
+def open_layout(pixels: np.ndarray, K: np.ndarray, reading: open_scene.Reading, hints: LayoutHints, eye: float,
+                aerial: bool) -> Layout:
+    height = hints.camera_height_m or (AERIAL_HEIGHT_M if aerial else eye)
+    far = hints.far_m * height / eye
+    scene, fit = open_scene.lift(pixels, K, reading, height, far)
+    pitch, roll = open_scene.pitch_roll_deg(reading.down)
+    probe_w = 160
+    probe_h = max(2, round(probe_w * pixels.shape[0] / pixels.shape[1]))
+    probe_K = K * np.array([[probe_w / pixels.shape[1]], [probe_h / pixels.shape[0]], [1.0]])
+    first_depth = render_open(scene, probe_K, np.eye(4), probe_w, probe_h)[1]
+    centre = first_depth[probe_h // 3: 2 * probe_h // 3, probe_w // 3: 2 * probe_w // 3]
+    seen = centre[centre > 0] if (centre > 0).any() else first_depth[first_depth > 0]
+    depth = float(np.median(seen)) if len(seen) else far / 2
+    space = FreeSpace(depth=depth, centre=np.array([0.0, 0.0, depth]),
+                      clearance=open_scene.scene_clearance(scene))
+    fit.update({"horizon_px": round(float(open_scene.horizon_row(reading.down, K, K[0, 2])), 2),
+                "horizon_source": reading.horizon_source, "pitch_deg": round(pitch, 2), "roll_deg": round(roll, 2),
+                "down": reading.down.round(6).tolist(), "camera_height_m": height,
+                "camera_height_source": "sidecar" if hints.camera_height_m else ("aerial default" if aerial
+                                                                                 else "preset eye height"),
+                "far_m": round(far, 2), "first_view_median_depth_m": round(depth, 3),
+                "sky": "dome: depth 0 (unknown) in the walkthrough, so neither fusion nor the collider sees it",
+                "unseen_fill": "Telea inpainting at low resolution (ground) or per-elevation colour (dome), "
+                               "plus detail continued from random patches of the seen texture"})
+    return Layout(lambda K_, c2w, w, h: render_open(scene, K_, c2w, w, h), space, fit,
+                  open_scene.overlay(pixels, scene), scene=scene)
 
 
 def fit_room(pixels: np.ndarray, hfov_deg: float, eye_height: float,
@@ -198,8 +316,11 @@ def _receding(segments: np.ndarray) -> np.ndarray:
     return segments[(np.abs(angle - 90) > 8) & (np.minimum(angle, 180 - angle) > 8)]
 
 
-def find_vanishing_point(segments: np.ndarray, width: int, height: int) -> np.ndarray | None:
-    """The point most receding segments point at, by length-weighted voting over pairwise intersections."""
+def find_vanishing_point(segments: np.ndarray, width: int, height: int, reach: float = 0.0,
+                         lowest: float | None = None) -> np.ndarray | None:
+    """The point most receding segments point at, by length-weighted voting over pairwise intersections,
+    within the image or up to `reach` image sides outside it (a steep view's horizon is above the frame),
+    and no lower than row `lowest` if given."""
     segs = _receding(segments)
     if len(segs) < 4:
         return None
@@ -210,8 +331,9 @@ def find_vanishing_point(segments: np.ndarray, width: int, height: int) -> np.nd
     points = np.cross(lines[:, None], lines[None])[np.triu_indices(len(segs), 1)]
     ok = np.abs(points[:, 2]) > 1e-9
     candidates = points[ok, :2] / points[ok, 2:]
-    inside = ((candidates[:, 0] > 0) & (candidates[:, 0] < width) & (candidates[:, 1] > 0)
-              & (candidates[:, 1] < height))
+    inside = ((candidates[:, 0] > -reach * width) & (candidates[:, 0] < (1 + reach) * width)
+              & (candidates[:, 1] > -reach * height)
+              & (candidates[:, 1] < ((1 + reach) * height if lowest is None else lowest)))
     candidates = candidates[inside]
     if len(candidates) == 0:
         return None
@@ -219,6 +341,19 @@ def find_vanishing_point(segments: np.ndarray, width: int, height: int) -> np.nd
     best = candidates[int(np.argmax(scores))]
     support = _vp_scores(best[None], segs)[0] / np.hypot(segs[:, 2] - segs[:, 0], segs[:, 3] - segs[:, 1]).sum()
     return best if support > 0.25 else None
+
+
+def horizon_vanishing_point(segments: np.ndarray, width: int, height: int) -> np.ndarray | None:
+    """Where receding ground lines meet, for an open scene's horizon: possibly above the frame (a steep
+    view), but not far below its centre (there a downward view's verticals meet), and only with the support
+    of several lines (two mountain ridges meet at a peak, which is no horizon)."""
+    vp = find_vanishing_point(segments, width, height, reach=2.0, lowest=0.75 * height)
+    if vp is None:
+        return None
+    segs = _receding(segments)
+    support = segs[_pointing_at(vp[None], segs, 2.0)[0]]
+    length = np.hypot(support[:, 2] - support[:, 0], support[:, 3] - support[:, 1]).sum()
+    return vp if len(support) >= 5 and length >= height else None
 
 
 def _pointing_at(candidates: np.ndarray, segs: np.ndarray, tolerance_deg: float) -> np.ndarray:

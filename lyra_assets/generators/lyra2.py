@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
 from ..errors import LyraAssetsError
@@ -46,6 +46,7 @@ from ..images import ConceptImage
 from ..motions import FreeSpace
 from ..presets import Preset
 from ..progress import Progress
+from ..settings import validated
 from ..splats import Similarity, fit_cameras, observed_from_first_view, prune, read_ply, render_path
 from .lyra2_cameras import read_lyra_cameras
 from ..trajectory import LYRA_CHUNK, CameraPath, intrinsics_from_fov, lyra_frame_count, read_lyra_captions
@@ -99,11 +100,7 @@ class Lyra2Settings(BaseModel):
         """The sidecar table, with the LYRA2_* environment variables for locations it does not set."""
         merged = {key: environ[var] for key, var in ENVIRONMENT.items() if environ.get(var)}
         merged.update(table)
-        try:
-            return cls.model_validate(merged)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise LyraAssetsError(f"{source}: [lyra2] {problems}") from exc
+        return validated(cls, merged, source, "[lyra2]")
 
 
 class Lyra2Generator:
@@ -114,6 +111,7 @@ class Lyra2Generator:
     needs_gpu = True  # the Ray executor runs it on a GPU worker
     takes_prompt = True
     operator_only = tuple(ENVIRONMENT)  # locations: from whoever runs it, never from a dropped sidecar
+    settings_model = Lyra2Settings
 
     def __init__(self, preset: Preset, settings: dict[str, Any], source: str = "settings") -> None:
         self.settings = Lyra2Settings.from_sources(settings, dict(os.environ), source)

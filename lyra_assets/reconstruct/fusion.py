@@ -43,7 +43,8 @@ TILE = 8  # voxels along each side of a tile
 BOUNDS_PERCENTILE = 0.1  # the grid spans the 0.1..99.9th percentile of the depth points, so a few stray
 #                          far points (a generator's outliers) cannot blow up the grid
 BOUNDS_STRIDE = 8  # every 8th pixel each way is plenty to find the scene's extent
-BAND_STRIDE = 2  # every 2nd pixel each way finds the band tiles; the reach covers the pixels in between
+BOUNDS_POINTS = 1_000_000  # ... from enough frames for at most this many points (24 MB)
+BAND_STRIDE = 4  # every 4th pixel each way finds the band tiles; the reach covers the pixels in between
 MIN_COMPONENT_FRACTION = 0.001  # connected pieces under 0.1% of the largest piece's area are floaters
 # The first camera is the spawn, so its whole view must be surface. Marching cubes needs all 8 corners of a
 # cube observed, which leaves a sawtooth one voxel inside every frustum edge, and no later frame of a walk
@@ -116,7 +117,10 @@ class _PixelRays:
 def _scene_bounds(walk: Walkthrough, rays: _PixelRays) -> tuple[np.ndarray, np.ndarray]:
     """Robust world-space bounds of the depth points (a subsample of pixels from every frame)."""
     points = []
-    for i in range(len(walk)):
+    # Every frame_step-th frame: at most BOUNDS_POINTS points, however long the walk.
+    per_frame = math.ceil(walk.path.height / BOUNDS_STRIDE) * math.ceil(walk.path.width / BOUNDS_STRIDE)
+    frame_step = max(1, math.ceil(per_frame * len(walk) / BOUNDS_POINTS))
+    for i in range(0, len(walk), frame_step):
         depth = walk.depth[i, ::BOUNDS_STRIDE, ::BOUNDS_STRIDE]
         valid = depth > 0
         cam = rays[i][::BOUNDS_STRIDE, ::BOUNDS_STRIDE][valid] * depth[valid, None]

@@ -1,0 +1,648 @@
+"""Single-view layout of an open scene: ground plane, things standing on it, and the sky.
+
+The classical pipeline of geometric context (Hoiem et al. 2005, "Automatic Photo Pop-up"), without learned
+weights:
+
+1. Geometry of the camera. The world's down direction comes from the vertical vanishing point of the
+   near-vertical line segments (it gives pitch and roll at once); failing that, the horizon is the row of
+   the dominant vanishing point, or is bounded by the sky (which lies above it) and the ground (below it).
+2. Labels. The picture is cut into SLIC superpixels. Sky: smooth, blue or pale regions reached from the
+   top edge. Ground: regions below the horizon, reached from the bottom edge through neighbours of similar
+   colour, without vertical line support. Everything else stands up ("vertical").
+3. Lifting. The ground is the plane `camera height` below the camera. Each connected vertical region
+   stands where it touches the ground (its depth in each column is the ground's at its foot), as a folded
+   surface cut wherever that depth jumps, so what is behind can show. Vertical regions whose foot is
+   beyond the far limit, and the sky, form the dome: no depth, no geometry.
+4. Unseen parts. The ground's texture outside the picture and behind the pop-ups, and the dome's, are
+   synthesised: smooth colour by inpainting (Telea) at low resolution, or per elevation for the sky, plus
+   fine detail continued with patches of the seen texture (no mirror copies).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+from skimage.color import rgb2lab
+from skimage.segmentation import find_boundaries, slic
+
+from ..motions import Clearance
+from ..trajectory import pixel_centres
+from .scene_render import FAR_OWNER, GROUND_OWNER, UNSEEN_OWNER, OpenScene
+
+SKY, GROUND, VERTICAL = 0, 1, 2
+WORK_WIDTH = 400  # labelling resolution: superpixels of ~20 px here are plenty for scene layout
+MESH_STEP = 3  # pop-up mesh spacing in working pixels; the alpha test keeps outlines at full sharpness
+DEPTH_CUT = 1.3  # a pop-up is cut where its depth changes by more than this factor between columns
+GROUND_TEXELS = 1024  # ground texture side
+DOME_SIZE = (256, 512)  # equirectangular dome texture (rows, columns)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the picture says, before lifting: the down direction, labels and their sources."""
+
+    down: np.ndarray  # (3,) unit, in the first camera's frame
+    horizon_source: str
+    labels: np.ndarray  # (h_work, w_work) uint8: SKY, GROUND, VERTICAL
+    scale: float  # concept pixels per working pixel
+
+
+# -- 1. camera geometry ----------------------------------------------------------------------------------
+
+
+def _towards(segments: np.ndarray, point: np.ndarray, tolerance_deg: float) -> np.ndarray:
+    """Which segments' lines pass within tolerance_deg of a homogeneous image point (seen from their
+    middle); the point may be at infinity (a direction)."""
+    mid = (segments[:, :2] + segments[:, 2:]) / 2
+    to_point = point[:2][None] - mid * point[2]
+    direction = segments[:, 2:] - segments[:, :2]
+    cos = np.abs((to_point * direction).sum(1))
+    cos /= np.linalg.norm(to_point, axis=1) * np.linalg.norm(direction, axis=1) + 1e-12
+    return cos > math.cos(math.radians(tolerance_deg))
+
+
+def _not_receding_to(segments: np.ndarray, vanishing_point: np.ndarray | None) -> np.ndarray:
+    """Segments that do not point at the dominant (horizontal) vanishing point: below it, a receding line
+    straight ahead looks as vertical as a post."""
+    if vanishing_point is None or not len(segments):
+        return segments
+    return segments[~_towards(segments, np.r_[vanishing_point, 1.0], 1.5)]
+
+
+def down_from_verticals(segments: np.ndarray, K: np.ndarray, height: int,
+                        vanishing_point: np.ndarray | None = None, may_look_up: bool = True) -> np.ndarray | None:
+    """World down in the camera frame from the vertical vanishing point of steep segments, or None.
+
+    Candidates are the pairwise meeting points of the longest steep segments, in homogeneous coordinates
+    (a level camera's vertical point at infinity is no special case); the one most segment length points
+    at wins (RANSAC-style: receding roads can be steep too) and is refined by least squares over its
+    supporters. Without sky in the picture, a camera looking steeply up is not believed: lines meeting
+    above the frame are then receding ground lines of a downward view. A prior favours level, unrolled
+    views: a few stray lines must not tilt the world."""
+    segments = _not_receding_to(segments, vanishing_point)
+    if not len(segments):
+        return None
+    dx, dy = segments[:, 2] - segments[:, 0], segments[:, 3] - segments[:, 1]
+    length = np.hypot(dx, dy)
+    steep = np.abs(dx) < np.tan(np.radians(30)) * np.abs(dy)
+    segs, length = segments[steep], length[steep]
+    if len(segs) < 4 or length.sum() < 0.5 * height:
+        return None
+    lines = np.cross(np.c_[segs[:, :2], np.ones(len(segs))], np.c_[segs[:, 2:], np.ones(len(segs))])
+    lines /= np.hypot(lines[:, 0], lines[:, 1])[:, None]
+    longest = np.argsort(-length)[:60]
+    i, j = np.triu_indices(len(longest), 1)
+    meets = np.cross(lines[longest[i]], lines[longest[j]])
+    downs = meets @ np.linalg.inv(K).T
+    downs = downs / np.linalg.norm(downs, axis=1, keepdims=True) * np.where(downs[:, 1:2] < 0, -1, 1)
+    if not may_look_up:
+        downs = downs[downs[:, 2] > -math.sin(math.radians(15))]
+    if not len(downs):
+        return None
+    support = np.array([(length * _towards(segs, K @ d, 2.0)).sum() for d in downs])
+    # Most views are level, and rolled views rarer still.
+    pitch, roll = np.degrees(np.arcsin(np.clip(downs[:, 2], -1, 1))), np.degrees(np.arctan2(-downs[:, 0], downs[:, 1]))
+    level = 1.0 / ((1.0 + (pitch / 60.0) ** 2) * (1.0 + (roll / 10.0) ** 2))
+    d = downs[int(np.argmax(support * level))]
+    for _ in range(2):  # refit on the segments that agree
+        keep = _towards(segs, K @ d, 2.0)
+        if keep.sum() < 5 or length[keep].sum() < max(0.5 * height, 0.35 * length.sum()):
+            return None
+        A = lines[keep] @ K
+        d = np.linalg.eigh((A * length[keep, None]).T @ A)[1][:, 0]
+        d = d / np.linalg.norm(d) * (1 if d[1] > 0 else -1)
+    return d
+
+
+def down_from_horizon(row: float, K: np.ndarray) -> np.ndarray:
+    """Down for a camera without roll whose horizon crosses the image centre column at `row`."""
+    d = np.array([0.0, 1.0, (K[1, 2] - row) / K[1, 1]])
+    return d / np.linalg.norm(d)
+
+
+def horizon_row(down: np.ndarray, K: np.ndarray, u: np.ndarray | float) -> np.ndarray | float:
+    """Row of the horizon at image column(s) u: where rays are perpendicular to down."""
+    return K[1, 2] - K[1, 1] * (down[0] * (np.asarray(u) - K[0, 2]) / K[0, 0] + down[2]) / down[1]
+
+
+def pitch_roll_deg(down: np.ndarray) -> tuple[float, float]:
+    """Pitch (positive: looking down) and roll (positive: the horizon falls to the right)."""
+    return (math.degrees(math.asin(float(np.clip(down[2], -1, 1)))),
+            math.degrees(math.atan2(-float(down[0]), float(down[1]))))
+
+
+# -- 2. labels -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Superpixels:
+    segments: np.ndarray  # (h, w) int label image
+    lab: np.ndarray  # (n, 3) mean CIELAB colour
+    texture: np.ndarray  # (n,) mean gradient magnitude inside the segment (its boundary left out)
+    rows: np.ndarray  # (n, 3) min, mean, max row
+    cols: np.ndarray  # (n,) mean column
+    area: np.ndarray  # (n,)
+    neighbours: list[np.ndarray]
+
+
+def superpixels(small: np.ndarray) -> Superpixels:
+    seg = slic(small, n_segments=300, compactness=12, start_label=0, channel_axis=-1)
+    n = int(seg.max()) + 1
+    flat = seg.ravel()
+    area = np.bincount(flat, minlength=n).astype(float)
+    lab = rgb2lab(small).reshape(-1, 3)
+    mean_lab = np.stack([np.bincount(flat, lab[:, k], n) for k in range(3)], 1) / area[:, None]
+    grey = cv2.GaussianBlur(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255, (0, 0), 1.0)
+    grad = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1)).ravel()
+    inner = ~find_boundaries(seg, mode="inner").ravel()
+    texture = np.bincount(flat[inner], grad[inner], n) / np.maximum(np.bincount(flat[inner], minlength=n), 1)
+    rows, cols = np.indices(seg.shape)
+    row_mean = np.bincount(flat, rows.ravel(), n) / area
+    row_min = ndimage.minimum(rows, seg, np.arange(n))
+    row_max = ndimage.maximum(rows, seg, np.arange(n))
+    col_mean = np.bincount(flat, cols.ravel(), n) / area
+    pairs = np.concatenate([np.c_[seg[:, :-1].ravel(), seg[:, 1:].ravel()], np.c_[seg[:-1].ravel(), seg[1:].ravel()]])
+    pairs = np.unique(np.sort(pairs[pairs[:, 0] != pairs[:, 1]], axis=1), axis=0)
+    neighbours = [np.concatenate([pairs[pairs[:, 0] == i, 1], pairs[pairs[:, 1] == i, 0]]) for i in range(n)]
+    return Superpixels(seg, mean_lab, texture, np.c_[row_min, row_mean, row_max], col_mean, area, neighbours)
+
+
+def _grow(sp: Superpixels, seeds: np.ndarray, allowed: np.ndarray, step_delta_e: float) -> np.ndarray:
+    """Region growing over neighbouring superpixels of similar colour, from the seeds, within `allowed`."""
+    inside = np.zeros(len(sp.area), bool)
+    queue = deque(int(s) for s in np.flatnonzero(seeds & allowed))
+    inside[list(queue)] = True
+    while queue:
+        i = queue.popleft()
+        for j in sp.neighbours[i]:
+            if not inside[j] and allowed[j] and np.linalg.norm(sp.lab[i] - sp.lab[j]) < step_delta_e:
+                inside[j] = True
+                queue.append(int(j))
+    return inside
+
+
+def sky_segments(sp: Superpixels, line_pixels: np.ndarray) -> np.ndarray:
+    """Smooth, line-free, blue or pale grey superpixels connected to the top edge through similar ones.
+    (Cream and beige are walls and ceilings far more often than skies.)"""
+    L, a, b = sp.lab.T
+    smooth = sp.texture < max(0.02, 0.5 * np.median(sp.texture))
+    # Lines along a superpixel's outline are its edges (the horizon itself is one); only lines across its
+    # inside are structure.
+    inside = ~find_boundaries(sp.segments, mode="thick")
+    lines = np.bincount(sp.segments.ravel(), (line_pixels.astype(bool) & inside).ravel().astype(float),
+                        len(sp.area)) / sp.area
+    sky_colour = ((b < -6) & (L > 10)) | ((L > 65) & (np.hypot(a, b) < 12) & (b < 6))
+    top = sp.rows[:, 0] == 0
+    return _grow(sp, top, smooth & sky_colour & (lines < 0.02), 8.0)
+
+
+def ground_segments(sp: Superpixels, horizon: np.ndarray, sky: np.ndarray, line_support: np.ndarray,
+                    height: int) -> np.ndarray:
+    """Superpixels wholly below the horizon, reached from the bottom edge through similar colours, with
+    little vertical line support (walls and posts carry vertical lines; ground does not)."""
+    below = (sp.rows[:, 0] >= horizon[np.clip(sp.cols.round().astype(int), 0, len(horizon) - 1)]) & ~sky
+    flat = below & (line_support < 0.15)
+    seeds = flat & (sp.rows[:, 2] >= height - 1)
+    if not seeds.any():
+        seeds = flat & (sp.rows[:, 1] > np.percentile(sp.rows[flat, 1], 80)) if flat.any() else seeds
+    if not seeds.any():
+        return seeds
+    grown = _grow(sp, seeds, flat, 12.0)
+    seed_lab = sp.lab[seeds]
+    far_from_seeds = np.min(np.linalg.norm(sp.lab[:, None] - seed_lab[None], axis=-1), axis=1) > 30.0
+    return grown & ~far_from_seeds
+
+
+def vertical_line_support(segments: np.ndarray, down: np.ndarray, K: np.ndarray, sp: Superpixels,
+                          scale: float, vanishing_point: np.ndarray | None) -> np.ndarray:
+    """Per superpixel: the fraction of its pixels on a segment pointing at the vertical vanishing point."""
+    mask = np.zeros(sp.segments.shape, np.uint8)
+    segments = _not_receding_to(segments, vanishing_point)
+    if len(segments):
+        for x0, y0, x1, y1 in segments[_towards(segments, K @ down, 4.0)]:
+            cv2.line(mask, (int(x0 / scale), int(y0 / scale)), (int(x1 / scale), int(y1 / scale)), 1, 2)
+    n = len(sp.area)
+    return np.bincount(sp.segments.ravel(), mask.ravel().astype(float), n) / sp.area
+
+
+def read_picture(pixels: np.ndarray, K: np.ndarray, segments: np.ndarray, vanishing_point: np.ndarray | None,
+                 horizon_hint: float | None, roll_hint_deg: float | None,
+                 pitch_default_deg: float | None) -> Reading:
+    """Down direction and sky / ground / vertical labels of the concept image."""
+    h, w = pixels.shape[:2]
+    scale = max(1.0, w / WORK_WIDTH)
+    small = cv2.resize(pixels, (round(w / scale), round(h / scale)), interpolation=cv2.INTER_AREA)
+    sp = superpixels(small)
+    line_pixels = np.zeros(small.shape[:2], np.uint8)
+    for x0, y0, x1, y1 in segments / scale:
+        cv2.line(line_pixels, (int(x0), int(y0)), (int(x1), int(y1)), 1, 1)
+    sky = sky_segments(sp, line_pixels)
+    sky_pixels = sky[sp.segments]
+
+    rows, cols = np.nonzero(sky_pixels)
+
+    def sky_below(down: np.ndarray) -> float:
+        """Share of the sky that a horizon for `down` would put below itself (by more than two pixels of
+        superpixel slop)."""
+        slop = 2 * scale
+        return float(np.mean(rows * scale > horizon_row(down, K, (cols + 0.5) * scale) + slop)) if len(rows) else 0.0
+
+    if horizon_hint is not None:
+        down, source = down_from_horizon(horizon_hint, K), "sidecar"
+        if roll_hint_deg:
+            r = math.radians(roll_hint_deg)
+            down = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]]) @ down
+    else:
+        candidates = [(down_from_verticals(segments, K, h, vanishing_point,
+                                           may_look_up=bool(sky_pixels.mean() >= 0.03)), "vertical vanishing point"),
+                      (None if vanishing_point is None else down_from_horizon(float(vanishing_point[1]), K),
+                       "vanishing point")]
+        if pitch_default_deg is not None:
+            p = math.radians(pitch_default_deg)
+            candidates.append((np.array([0.0, math.cos(p), math.sin(p)]), "default pitch"))
+        # Lines can mislead (a tapered statue, ridges); a horizon with sky below it is wrong.
+        found = [(d, why) for d, why in candidates if d is not None and sky_below(d) < 0.01]
+        if found:
+            down, source = found[0]
+        else:
+            row, source = K[1, 2], "level camera"
+            if len(rows):  # the sky lies above the horizon: the horizon is at or below its lowest rows
+                lowest = np.percentile(rows, 99) * scale
+                if lowest > row:
+                    row, source = lowest, "sky boundary"
+            down = down_from_horizon(row, K)
+
+    cols_work = (np.arange(small.shape[1]) + 0.5) * scale
+    horizon = (horizon_row(down, K, cols_work) / scale).astype(float)
+    support = vertical_line_support(segments, down, K, sp, scale, vanishing_point)
+    # Sky below the horizon is a reflection or a mistake; either way not the dome.
+    sky &= sp.rows[:, 1] < horizon[np.clip(sp.cols.round().astype(int), 0, len(horizon) - 1)]
+    ground = ground_segments(sp, horizon, sky, support, small.shape[0])
+    labels = np.where(sky, SKY, np.where(ground, GROUND, VERTICAL)).astype(np.uint8)[sp.segments]
+    return Reading(down, source, refine_sky(labels, rgb2lab(small), horizon), scale)
+
+
+def refine_sky(labels: np.ndarray, lab: np.ndarray, horizon: np.ndarray, delta_e: float = 6.0,
+               step_delta_e: float = 3.0) -> np.ndarray:
+    """Pixels above the horizon that superpixels left out of the sky (slivers beside roofs and posts, the
+    band above the horizon) join it when their colour is within delta_e of the sky's colour on their row,
+    or changes by less than step_delta_e from the sky pixel above them (the sky brightens downwards)."""
+    sky = labels == SKY
+    if not sky.any():
+        return labels
+    counts = sky.sum(axis=1)
+    have = np.flatnonzero(counts)
+    row_mean = (lab * sky[..., None]).sum(axis=1) / np.maximum(counts, 1)[:, None]
+    row_mean = np.stack([np.interp(np.arange(len(lab)), have, row_mean[have, k]) for k in range(3)], 1)
+    rows = np.arange(labels.shape[0])[:, None]
+    open_air = (rows < horizon[None]) & (labels == VERTICAL)
+    sky |= open_air & (np.linalg.norm(lab - row_mean[:, None], axis=-1) < delta_e)
+    step = np.linalg.norm(lab[1:] - lab[:-1], axis=-1) < step_delta_e
+    for r in range(1, len(lab)):
+        sky[r] |= open_air[r] & sky[r - 1] & step[r - 1]
+    return np.where(sky, SKY, labels).astype(np.uint8)
+
+
+# -- 3. lifting ------------------------------------------------------------------------------------------
+
+
+def ground_frame(down: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Horizontal right and forward axes that go with `down` (forward: the first camera's view, levelled)."""
+    forward = np.array([0.0, 0.0, 1.0]) - down[2] * down
+    forward /= np.linalg.norm(forward)
+    return np.cross(down, forward), forward
+
+
+@dataclass(frozen=True)
+class Popup:
+    mask: np.ndarray  # (h_work, w_work) bool
+    cols: np.ndarray  # working columns it spans
+    reach: np.ndarray  # horizontal distance of its foot from the first camera, per column of `cols`
+
+
+def lift(pixels: np.ndarray, K: np.ndarray, reading: Reading, camera_height: float,
+         far: float) -> tuple[OpenScene, dict[str, Any]]:
+    """The reading as a scene: ground plane, folded pop-ups standing on it, the dome."""
+    down = reading.down
+    right, forward = ground_frame(down)
+    labels = reading.labels.copy()
+    hw, ww = labels.shape
+    s = reading.scale
+
+    def reach_at(col: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Horizontal distance to where the ray through working pixel edge (col, row) meets the ground, and
+        the ray's horizontal direction (unit, as ground x and z)."""
+        rays = np.linalg.solve(K, np.stack([col * s, row * s, np.ones_like(col, float)]).astype(float)).T
+        dd = rays @ down
+        flat = np.stack([rays @ right, rays @ forward], 1)
+        horizontal = np.linalg.norm(flat, axis=1)
+        with np.errstate(divide="ignore"):
+            reach = np.where(dd > 1e-9, camera_height * horizontal / np.maximum(dd, 1e-12), np.inf)
+        return reach, flat / horizontal[:, None]
+
+    popups: list[Popup] = []
+    far_mask = labels == SKY
+    count, components = cv2.connectedComponents((labels == VERTICAL).astype(np.uint8), connectivity=8)
+    min_area = 0.002 * hw * ww
+    horizon = horizon_row(down, K, (np.arange(ww) + 0.5) * s) / s
+    for c in range(1, count):
+        mask = components == c
+        if mask.sum() < min_area:  # specks: painted onto whatever they sit in
+            labels[mask] = np.where(np.nonzero(mask)[0] > horizon[np.nonzero(mask)[1]], GROUND, SKY)
+            far_mask |= mask & (labels == SKY)
+            continue
+        cols = np.flatnonzero(mask.any(axis=0))
+        foot = hw - 1 - np.argmax(mask[::-1, cols], axis=0)  # lowest row of the region in each column
+        below = np.minimum(foot + 1, hw - 1)
+        on_ground = (foot == hw - 1) | (labels[below, cols] == GROUND)
+        if not on_ground.any():  # its foot is hidden everywhere: stand it on its lowest visible row
+            on_ground = foot == foot.max()
+        reach, heading = reach_at(cols + 0.5, (foot + 1).astype(float))
+        reach = np.interp(cols, cols[on_ground], reach[on_ground]) if np.isfinite(reach[on_ground]).all() else reach
+        reach = ndimage.median_filter(np.nan_to_num(reach, posinf=1e9), size=5, mode="nearest")
+        cuts = np.flatnonzero((np.abs(np.log(reach[1:] / reach[:-1])) > math.log(DEPTH_CUT))
+                              | (np.diff(cols) > 1)) + 1
+        for part in np.split(np.arange(len(cols)), cuts):
+            piece = np.zeros_like(mask)
+            piece[:, cols[part]] = mask[:, cols[part]]
+            if np.median(reach[part]) > far:  # a distant mountain or skyline: part of the dome
+                far_mask |= piece
+            elif piece.sum() >= min_area / 4:
+                straight = straightened(np.minimum(reach[part], far), heading[part])
+                popups.append(Popup(piece, cols[part], np.clip(straight, 0.5 * reach[part].min(), far)))
+
+    owner_work = np.full((hw, ww), GROUND_OWNER, np.int32)
+    owner_work[far_mask] = FAR_OWNER
+    for k, popup in enumerate(popups):
+        owner_work[popup.mask] = k
+    # Unclaimed vertical pixels (small split-off pieces) show the dome.
+    owner_work[(labels == VERTICAL) & (owner_work == GROUND_OWNER)] = FAR_OWNER
+    h, w = pixels.shape[:2]
+    owner = cv2.resize(owner_work, (w, h), interpolation=cv2.INTER_NEAREST)
+    # The ground's outline is only as exact as the working resolution; near the horizon one pixel of error
+    # smears a pop-up's colour metres along the ground, so the ground's edge pixels count as unseen.
+    edge = max(1, round(s))
+    seen_ground = cv2.erode((owner == GROUND_OWNER).astype(np.uint8), np.ones((2 * edge + 1, 2 * edge + 1), np.uint8))
+    owner[(owner == GROUND_OWNER) & (seen_ground == 0)] = UNSEEN_OWNER
+
+    vertices, uv, faces, face_owner = popup_meshes(popups, K, down, s)
+    ground = ground_texture(pixels, K, owner, down, right, forward, camera_height, far)
+    dome = dome_texture(pixels, K, owner, down, right, forward, ground.reshape(-1, 3).mean(axis=0))
+    scene = OpenScene(pixels, K, owner, down, right, forward, camera_height, far, ground, dome,
+                      vertices, uv, faces, face_owner)
+    fractions = [float(np.mean(owner_work == o)) for o in (FAR_OWNER, GROUND_OWNER)]
+    fit = {"sky_fraction": round(float(np.mean(labels == SKY)), 4),
+           "dome_fraction": round(fractions[0], 4), "ground_fraction": round(fractions[1], 4),
+           "popups": len(popups),
+           "popup_depth_m": [round(float(np.median(p.reach)), 2) for p in popups],
+           "popup_triangles": int(len(faces))}
+    return scene, fit
+
+
+def straightened(reach: np.ndarray, heading: np.ndarray, tolerance: float = 0.05) -> np.ndarray:
+    """A pop-up's foot as a few straight runs on the ground (walls are straight; a superpixel outline is
+    not): Douglas-Peucker over the foot points with a tolerance of `tolerance` times their distance, then
+    each column's reach is where its ray meets its run."""
+    points = reach[:, None] * heading
+    epsilon = tolerance * float(np.median(reach))
+    if len(points) >= 2:  # one straight wall if most of the foot agrees with it (outliers: label slips)
+        vx, vy, x0, y0 = cv2.fitLine(points.astype(np.float32), cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
+        off = np.abs((points[:, 0] - x0) * vy - (points[:, 1] - y0) * vx)
+        if np.mean(off < epsilon) > 0.8:
+            along = (points[:, 0] - x0) * vx + (points[:, 1] - y0) * vy
+            points = np.c_[x0 + along * vx, y0 + along * vy]
+            keep = [0, len(points) - 1]
+        else:
+            keep = _douglas_peucker(points, epsilon)
+    else:
+        keep = [0]
+    out = reach.copy()
+    for a, b in zip(keep[:-1], keep[1:]):
+        edge = points[b] - points[a]
+        rays = heading[a: b + 1]
+        denominator = rays[:, 0] * edge[1] - rays[:, 1] * edge[0]
+        numerator = points[a, 0] * edge[1] - points[a, 1] * edge[0]
+        ok = np.abs(denominator) > 1e-9
+        hit = np.where(ok, numerator / np.where(ok, denominator, 1.0), reach[a: b + 1])
+        out[a: b + 1] = np.where(hit > 0, hit, reach[a: b + 1])
+    return out
+
+
+def _douglas_peucker(points: np.ndarray, epsilon: float) -> list[int]:
+    """Indices of the vertices Douglas-Peucker keeps of an open 2D polyline."""
+    keep = {0, len(points) - 1}
+    stack = [(0, len(points) - 1)]
+    while stack:
+        a, b = stack.pop()
+        if b - a < 2:
+            continue
+        edge = points[b] - points[a]
+        rel = points[a + 1: b] - points[a]
+        distance = np.abs(rel[:, 0] * edge[1] - rel[:, 1] * edge[0]) / max(float(np.linalg.norm(edge)), 1e-9)
+        i = int(np.argmax(distance))
+        if distance[i] > epsilon:
+            keep.add(a + 1 + i)
+            stack += [(a, a + 1 + i), (a + 1 + i, b)]
+    return sorted(keep)
+
+
+def popup_meshes(popups: list[Popup], K: np.ndarray, down: np.ndarray,
+                 scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One grid mesh per pop-up over its outline (dilated a cell; the renderer's alpha test trims it).
+
+    A vertex on concept pixel (u, v) lies on the ray through that pixel, at the horizontal distance of the
+    pop-up's foot in that column: each column stands upright, and the columns fold along the foot line."""
+    all_v, all_uv, all_f, all_o = [], [], [], []
+    offset = 0
+    for k, popup in enumerate(popups):
+        rows = np.flatnonzero(popup.mask.any(axis=1))
+        c0, c1, r0, r1 = popup.cols[0], popup.cols[-1] + 1, rows[0], rows[-1] + 1
+        xs = np.unique(np.r_[np.arange(c0, c1, MESH_STEP), c1]).astype(float)
+        ys = np.unique(np.r_[np.arange(r0, r1, MESH_STEP), r1]).astype(float)
+        reach = np.interp(xs, popup.cols + 0.5, popup.reach)
+        gx, gy = np.meshgrid(xs, ys)
+        pix = np.stack([gx * scale, gy * scale, np.ones_like(gx)], -1).reshape(-1, 3)
+        rays = pix @ np.linalg.inv(K).T
+        horizontal = np.linalg.norm(rays - (rays @ down)[:, None] * down, axis=1)
+        points = rays * (np.repeat(reach[None], len(ys), 0).ravel() / np.maximum(horizontal, 1e-9))[:, None]
+        # Cells that hold any of the pop-up (dilated by one cell so the alpha test has room to trim).
+        cell = np.zeros((len(ys) - 1, len(xs) - 1), bool)
+        iy = np.clip(np.searchsorted(ys, np.arange(popup.mask.shape[0]) + 0.5) - 1, 0, len(ys) - 2)
+        ix = np.clip(np.searchsorted(xs, np.arange(popup.mask.shape[1]) + 0.5) - 1, 0, len(xs) - 2)
+        rr, cc = np.nonzero(popup.mask)
+        inside = (rr >= r0) & (rr < r1) & (cc >= c0) & (cc < c1)
+        cell[iy[rr[inside]], ix[cc[inside]]] = True
+        cell = ndimage.binary_dilation(cell, np.ones((3, 3), bool))
+        cy, cx = np.nonzero(cell)
+        nx = len(xs)
+        a = cy * nx + cx
+        quads = np.stack([a, a + 1, a + nx + 1, a + nx], 1)
+        tris = np.concatenate([quads[:, [0, 1, 2]], quads[:, [0, 2, 3]]])
+        all_v.append(points)
+        all_uv.append(pix[:, :2])
+        all_f.append(tris + offset)
+        all_o.append(np.full(len(tris), k, np.int32))
+        offset += len(points)
+    if not all_v:
+        return np.zeros((0, 3)), np.zeros((0, 2)), np.zeros((0, 3), np.int32), np.zeros(0, np.int32)
+    return (np.concatenate(all_v), np.concatenate(all_uv), np.concatenate(all_f).astype(np.int32),
+            np.concatenate(all_o))
+
+
+# -- 4. unseen parts -------------------------------------------------------------------------------------
+
+
+def _project(points: np.ndarray, K: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Concept-image coordinates of (..., 3) points or directions, and the owner there (unseen outside)."""
+    h, w = owner.shape
+    z = points[..., 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = K[0, 0] * points[..., 0] / z + K[0, 2]
+        v = K[1, 1] * points[..., 1] / z + K[1, 2]
+    inside = (z > 1e-6) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    who = np.full(z.shape, UNSEEN_OWNER, np.int32)
+    who[inside] = owner[v[inside].astype(int), u[inside].astype(int)]
+    return u, v, who
+
+
+def ground_texture(pixels: np.ndarray, K: np.ndarray, owner: np.ndarray, down: np.ndarray, right: np.ndarray,
+                   forward: np.ndarray, camera_height: float, far: float) -> np.ndarray:
+    """The ground over [-far, far]^2 seen from above: seen texels from the concept image, the rest
+    synthesised."""
+    u, v = pixel_centres(GROUND_TEXELS, GROUND_TEXELS)
+    gx, gz = u / GROUND_TEXELS * 2 * far - far, v / GROUND_TEXELS * 2 * far - far
+    points = camera_height * down + gx[..., None] * right + gz[..., None] * forward
+    pu, pv, who = _project(points, K, owner)
+    known = who == GROUND_OWNER
+    blurred = cv2.GaussianBlur(pixels, (0, 0), 1.0)
+    colour = cv2.remap(blurred, np.where(known, pu - 0.5, 0).astype(np.float32),
+                       np.where(known, pv - 0.5, 0).astype(np.float32), cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)
+    # Detail is copied from the nearer half of what was seen: far off, one concept pixel is smeared over
+    # many texels in depth, and its streaks are no texture to continue.
+    distance = np.hypot(gx, gz)
+    near = known & (distance <= np.median(distance[known])) if known.any() else known
+    return continue_texture(colour, known, inpainted(colour, known), sources=near)
+
+
+def dome_texture(pixels: np.ndarray, K: np.ndarray, owner: np.ndarray, down: np.ndarray, right: np.ndarray,
+                 forward: np.ndarray, ground_colour: np.ndarray) -> np.ndarray:
+    """Equirectangular dome: what the concept image saw far away, the rest by elevation (a sky's colour
+    depends mostly on how high one looks) with the seen texture's detail continued."""
+    rows, cols = DOME_SIZE
+    u, v = pixel_centres(cols, rows)
+    lon, lat = u / cols * 2 * np.pi - np.pi, np.pi / 2 - v / rows * np.pi
+    dirs = (np.cos(lat)[..., None] * (np.sin(lon)[..., None] * right + np.cos(lon)[..., None] * forward)
+            - np.sin(lat)[..., None] * down)
+    pu, pv, who = _project(dirs, K, owner)
+    known = who == FAR_OWNER
+    colour = cv2.remap(pixels, np.where(known, pu - 0.5, 0).astype(np.float32),
+                       np.where(known, pv - 0.5, 0).astype(np.float32), cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)
+    if not known.any():
+        seen = pixels[owner == FAR_OWNER] if (owner == FAR_OWNER).any() else pixels.reshape(-1, 3)
+        return np.broadcast_to(np.median(seen, axis=0).astype(np.uint8), (rows, cols, 3)).copy()
+    counts = known.sum(axis=1)
+    # The median, not the mean: texels along an outline carry some of the pop-up's colour.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        row_colour = np.nanmedian(np.where(known[..., None], colour.astype(np.float32), np.nan), axis=1)
+    have = np.flatnonzero(counts)
+    row_colour = np.stack([np.interp(np.arange(rows), have, row_colour[have, k]) for k in range(3)], 1)
+    # Below the horizon, where the picture saw nothing far away, the dome shows distant ground.
+    row_colour[(lat[:, 0] < 0) & (counts == 0)] = ground_colour
+    smooth = np.broadcast_to(row_colour[:, None], colour.shape).astype(np.float32)
+    return continue_texture(colour, known, smooth)
+
+
+def inpainted(colour: np.ndarray, known: np.ndarray, factor: int = 8) -> np.ndarray:
+    """Smooth colour everywhere: the known texels averaged down, Telea inpainting of the rest, back up."""
+    h, w = known.shape
+    small_w, small_h = max(1, w // factor), max(1, h // factor)
+    weight = cv2.resize(known.astype(np.float32), (small_w, small_h), interpolation=cv2.INTER_AREA)
+    total = cv2.resize(colour.astype(np.float32) * known[..., None], (small_w, small_h),
+                       interpolation=cv2.INTER_AREA)
+    if not (weight > 0.25).any():
+        fill = np.median(colour[known], axis=0) if known.any() else np.full(3, 128.0)
+        return np.broadcast_to(fill.astype(np.float32), colour.shape).copy()
+    mean = np.clip(total / np.maximum(weight, 1e-6)[..., None], 0, 255).astype(np.uint8)
+    filled = cv2.inpaint(mean, (weight <= 0.25).astype(np.uint8), 3, cv2.INPAINT_TELEA)
+    return cv2.resize(filled, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+
+
+def continue_texture(colour: np.ndarray, known: np.ndarray, smooth: np.ndarray, patch: int = 24,
+                     seed: int = 0, sources: np.ndarray | None = None) -> np.ndarray:
+    """Known texels as they are; unknown ones get the smooth colour plus fine detail taken from randomly
+    chosen, wholly known patches of the texture (within `sources`, default all known; deterministic: a
+    fixed seed)."""
+    out = smooth.copy()
+    detail = colour.astype(np.float32) - cv2.GaussianBlur(colour.astype(np.float32), (0, 0), patch / 6)
+    # A patch must lie wholly inside what was seen, and a few texels clear of its edge: texels along the
+    # edge carry colour of whatever bordered it (a statue's outline would reappear in the sky).
+    margin = patch + 2 * max(2, patch // 6)
+    fully_known = ndimage.binary_erosion(known if sources is None else sources, np.ones((margin, margin), bool),
+                                         border_value=0)
+    sources = np.argwhere(fully_known)
+    h, w = known.shape
+    if len(sources):
+        rng = np.random.default_rng(seed)
+        sources -= patch // 2  # centre -> top-left corner
+        for y in range(0, h, patch):
+            for x in range(0, w, patch):
+                block = ~known[y: y + patch, x: x + patch]
+                if block.any():
+                    sy, sx = sources[rng.integers(len(sources))]
+                    bh, bw = block.shape
+                    out[y: y + bh, x: x + bw] += detail[sy: sy + bh, sx: sx + bw]
+    out[known] = colour[known]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+# -- free space ------------------------------------------------------------------------------------------
+
+
+def scene_clearance(scene: OpenScene) -> Clearance:
+    """Metres from points to the nearest of: the ground, the edge of the modelled world, a pop-up."""
+    if len(scene.faces):
+        samples = np.concatenate([scene.vertices, scene.vertices[scene.faces].mean(axis=1)])
+        tree = cKDTree(samples)
+    else:
+        tree = None
+
+    def clearance(points: np.ndarray) -> np.ndarray:
+        above = scene.camera_height - points @ scene.down
+        edge = scene.far - np.maximum(np.abs(points @ scene.right), np.abs(points @ scene.forward))
+        near = tree.query(points)[0] if tree is not None else np.inf
+        return np.minimum(np.minimum(above, edge), near)
+
+    return clearance
+
+
+def overlay(pixels: np.ndarray, scene: OpenScene, width: int = 480) -> np.ndarray:
+    """The labelling over the concept image, for eyes: sky blue, ground green, each pop-up its own colour,
+    the dome's other parts grey, the horizon a red line."""
+    h, w = pixels.shape[:2]
+    size = (width, round(width * h / w))
+    base = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    owner = cv2.resize(scene.owner, size, interpolation=cv2.INTER_NEAREST)
+    colours = np.zeros(base.shape, np.float32)
+    colours[(owner == GROUND_OWNER) | (owner == UNSEEN_OWNER)] = (60, 200, 60)
+    colours[owner == FAR_OWNER] = (70, 130, 255)
+    for k in range(int(owner.max()) + 1):
+        hue = int(180 * ((k * 0.618) % 1.0))
+        colours[owner == k] = cv2.cvtColor(np.uint8([[[hue, 200, 255]]]), cv2.COLOR_HSV2RGB)[0, 0]
+    out = (0.5 * base + 0.5 * colours).astype(np.uint8)
+    edges = find_boundaries(owner, mode="inner")
+    out[edges] = 255
+    f = width / w
+    x0, x1 = 0.0, float(w)
+    y0, y1 = horizon_row(scene.down, scene.K_concept, x0), horizon_row(scene.down, scene.K_concept, x1)
+    cv2.line(out, (0, int(round(y0 * f))), (width - 1, int(round(y1 * f))), (255, 40, 40), 2, cv2.LINE_AA)
+    return out
