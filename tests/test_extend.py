@@ -116,7 +116,8 @@ def test_revisits_render_the_original_frames(world):
     walk = Walkthrough.load(world["folder"] / "walkthrough")
     for original, revisit in [(FRAMES - 1, FRAMES), (FRAMES - 1, 2 * FRAMES - 1), (4, 2 * FRAMES)]:
         assert wm.psnr(walk.frames[revisit], walk.frames[original]) >= 45
-        np.testing.assert_allclose(walk.depth[revisit], walk.depth[original], rtol=1e-5)
+        # depth is stored as float16: a pose read back from float32 may round a pixel to the next step
+        np.testing.assert_allclose(walk.depth[revisit], walk.depth[original], rtol=1e-3)
 
 
 def test_the_rebuilt_glb_validates_and_covers_the_new_views(world):
