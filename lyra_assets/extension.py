@@ -87,7 +87,7 @@ def extend_walkthrough(earlier: Walkthrough, source: str, preset: str | None = N
 
     record = {"start": len(earlier), "frames": len(path), "from_frame": start_frame,
               "preset": None if file else spec.preset.name, "trajectory": file, "settings": spec.settings(),
-              "camera_path": notes,
+              "camera_path": notes, "generator": segment.info.get("generator"),  # e.g. what it remembered
               "key": _digest([spec.walk_key, file and file["digest"], start_frame, earlier.info.get("job_key")])}
     grown = world.extended(record)
     info = dict(earlier.info)
