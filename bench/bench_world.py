@@ -56,6 +56,7 @@ from lyra_assets.generators import REGISTRY
 from lyra_assets.generators.depth import DepthGenerator
 from lyra_assets.generators.depth_models import RelativeDepth
 from lyra_assets.images import ConceptImage
+from lyra_assets.errors import LyraAssetsError
 from lyra_assets.motions import FreeSpace, camera_path, keep_clear
 from lyra_assets.pipeline import build, mesh
 from lyra_assets.presets import load_preset
@@ -359,19 +360,26 @@ def bench_scene(scene: str, methods: list[str], presets: list[str], settings: Se
         rows = [("truth", truth)]
         for method in methods:
             out = work / scene / preset / method
-            if method in BASELINES:
-                job = in_child(run_baseline, method, truth, out, quick, settings)
-            elif method in DOUBLES:
-                job = in_child(run_depth_double, truth, preset, out, quick, settings)
-            else:
-                job = in_child(run_generator, method, concept, preset, trajectory, out, quick, settings)
+            try:
+                if method in BASELINES:
+                    job = in_child(run_baseline, method, truth, out, quick, settings)
+                elif method in DOUBLES:
+                    job = in_child(run_depth_double, truth, preset, out, quick, settings)
+                else:
+                    job = in_child(run_generator, method, concept, preset, trajectory, out, quick, settings)
+            except LyraAssetsError as exc:  # a method that refuses a scene is a result too: a row that says why
+                records.append({"scene": scene, "scene_kind": truth.info["kind"], "generator": method,
+                                "preset": preset, "error": str(exc), "quick": quick})
+                print(f"  {scene:<10} {preset:<16} {method:<11} refused: {exc}", file=sys.stderr, flush=True)
+                continue
             walk = Walkthrough.load(job["walkthrough"])
             walked = truth
             scale = 1.0
             if not np.allclose(walk.path.c2w, truth.path.c2w, atol=1e-4):  # the generator shortened the path
                 walked = render_truth(scene, walk.path, settings)
                 scale = _reach(walk.path) / max(_reach(truth.path), 1e-9)
-            record = {"scene": scene, "scene_kind": truth.info["kind"], "generator": method, "baseline": method in BASELINES, "preset": preset,
+            record = {"scene": scene, "scene_kind": truth.info["kind"], "generator": method,
+                      "baseline": method in BASELINES, "preset": preset,
                       "frames": len(walk), "width": walk.path.width, "height": walk.path.height,
                       "path": {**notes, "path_scale": round(scale, 4)},
                       **score(walk, walked, Path(job["glb"]), preset), "stages": job["stages"],
@@ -445,6 +453,9 @@ HEADER = ("| scene | method | preset | AbsRel | AbsRel med | δ<1.25 | δ<1.25 m
 def table(records: list[dict[str, Any]]) -> str:
     lines = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
     for r in records:
+        if "error" in r:
+            lines.append(f"| {r['scene']} | {r['generator']} | {r['preset']} | refused: {r['error']} |")
+            continue
         d, g, v = r["first_view_depth"], r["geometry"], r["views"]
         revisit = r.get("revisit", {}).get("psnr_mean")
         wall = sum(s["wall_s"] for s in r["stages"].values())
