@@ -16,8 +16,10 @@ import threading
 
 from .protocol import DoneEvent, ErrorEvent, Event, parse_line
 
-# How long a cancelled pipeline gets to stop by itself (removing its temporary files) before it is killed.
-CANCEL_GRACE_S = 3.0
+# How long a cancelled pipeline gets to stop by itself (removing its temporary files) before it is killed. It
+# usually stops at once; inside a compiled kernel (fusion, baking) an interrupt waits for the kernel's return,
+# a few seconds on a busy machine, and a kill then would leave a hidden temporary folder behind.
+CANCEL_GRACE_S = 10.0
 
 
 class PipelineError(Exception):

@@ -195,7 +195,7 @@ def test_tiny_blender_scene_end_to_end(tmp_path):
 
     walk = Walkthrough.load(job["walkthrough"])
     record = bw.score(walk, truth, Path(job["glb"]), "walk_forward")
-    assert record["first_view_depth"]["abs_rel"] == 0
+    assert record["first_view_depth"]["abs_rel"] < 5e-4  # depth is stored as float16: within 0.05 %
     # What the fused mesh holds is where the truth is (at this size fusion keeps little of the grazing ground,
     # so recall is low here; in the benchmark's sizes the true-depth baseline reaches F@10cm ~0.8).
     assert record["geometry"]["precision"] > 0.9 and record["geometry"]["recall"] > 0.2
