@@ -18,8 +18,11 @@ if [ -f .venv/lib/python3.11/site-packages/lyra_assets/__init__.py ]; then
     .venv/bin/python -m pip uninstall --quiet --yes lyra-assets
 fi
 rm -rf .venv/lib/python3.11/site-packages/lyra_assets
+echo "scripts/test.sh: installing lyra-assets and its test tools into .venv (torch CPU, Ray, onnxruntime," \
+     "diffusers, usd-core, pybullet: about 2.9 GB, a few minutes the first time)" >&2
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
+echo "scripts/test.sh: npm ci (glTF validator, three.js, gltf-transform: about 80 MB)" >&2
 npm ci --no-audit --no-fund --loglevel=error
 
 missing_debs=()
@@ -38,6 +41,7 @@ if [ ${#missing_debs[@]} -gt 0 ]; then
 fi
 
 if ! .venv-blender/bin/python -c "import bpy" 2>/dev/null; then
+    echo "scripts/test.sh: installing Blender as a Python module into .venv-blender (bpy 5.0.1, about 1 GB)" >&2
     "$PYTHON" -m venv .venv-blender
     .venv-blender/bin/python -m pip install --quiet --disable-pip-version-check bpy==5.0.1
 fi
