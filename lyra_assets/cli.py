@@ -7,6 +7,7 @@ line ({"event": "progress", "stage", "done", "total", "message"}), ending with {
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,6 +89,9 @@ preset_dir_option = click.option("--preset-dir", "preset_dirs", multiple=True, t
 @click.option("--json-progress", is_flag=True, help="Print progress as JSON lines on stdout (for machines).")
 def main(json_progress: bool) -> None:
     """Turn one concept image into a game-ready glTF level asset."""
+    # Ctrl-C, or the add-on's Cancel, stops a run with its cleanup (no half-written temporaries), even when
+    # the parent process (a test runner, a host application) started us with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def job_options(command):

@@ -277,7 +277,14 @@ def test_torture_mixed_drops_kills_a_frozen_daemon_and_a_broken_out_folder(tmp_p
     assert all(len(p.name.encode()) <= 255 for p in root.rglob("*"))
     assert [e["event"] for e in events if e.get("file") == "paused.png" and e["event"] in (
         "changed", "looks_truncated")]  # claimed half-copied, and waited for
-    assert not any(j["attempts"] for j in jobs)  # no run died of its own: kills and faults charge nothing
+    # Kills and faults charge nothing. A run that dies of its own is charged: on a loaded machine that can be a
+    # run stopped as stuck (--stall-timeout), which is the one charge allowed here.
+    charged: dict[str, list[str]] = {}
+    for e in events:
+        if e["event"] == "requeued" and e.get("reason", "").startswith(("the run failed", "the check failed")):
+            charged.setdefault(e["job"], []).append(e["reason"])
+    assert all(charged.get(j["job"]) and all("stopped as stuck" in r for r in charged[j["job"]])
+               for j in jobs if j["attempts"]), charged
 
     # No job ran twice: every key was built once, and a job ran again only after its run was cut short (its
     # daemon killed, or the run requeued when out/ broke), never while its first run could still go on.

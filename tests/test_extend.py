@@ -241,9 +241,6 @@ def test_cancelling_an_extension_as_the_add_on_does_changes_nothing(world):
     while "fuse" not in stages and not run.ended:
         stages += [e.stage for e in run.poll(timeout=None) if isinstance(e, protocol.ProgressEvent)]
     run.cancel()
-    if run.process.returncode == 0:  # on a loaded machine the small extension can finish before the interrupt
-        run.close()
-        pytest.skip("the extension had finished when the cancel reached it; nothing was cancelled")
     with pytest.raises(PipelineError, match="cancelled"):
         run.outputs()
     run.close()
