@@ -27,6 +27,8 @@ from lyra_assets.daemon.journal import Journal
 from lyra_assets.daemon.root import DropRoot, fit_bytes
 from lyra_assets.errors import LyraAssetsError
 
+LOG_ORDER_S = 0.1  # two daemons' log lines of one journal step can be this far out of order
+
 # -- the parts, directly -------------------------------------------------------------------------------------
 
 
@@ -297,4 +299,6 @@ def test_torture_mixed_drops_kills_a_frozen_daemon_and_a_broken_out_folder(tmp_p
         for (start, path), (later, _) in zip(runs, runs[1:]):
             ended = [_stamp(e) for e in records[path] if e.get("job") == job and _stamp(e) > start
                      and e["event"] in ("requeued", "done", "failed")] + [killed.get(path, float("inf"))]
-            assert min(ended) <= later, (job, runs)
+            # The daemon that requeues a run commits it to the journal before it logs it, so another daemon
+            # may log the next start a moment before that line's time stamp.
+            assert min(ended) <= later + LOG_ORDER_S, (job, runs)
