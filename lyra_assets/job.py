@@ -175,6 +175,17 @@ def check_settings(layers: list[Layer], preset_dirs: list[Path] | None = None) -
     _resolve(Path("settings-check"), "", "settings-check", layers, None, None, preset_dirs)
 
 
+def check_asset_options(options: dict[str, Any] | None, source: str = "command-line options") -> None:
+    """Options for the asset stages of a saved walkthrough (`mesh`): its own settings stay as recorded, so only
+    [assets], [fusion] and [export] may be given; checked before the walkthrough is read."""
+    unknown = sorted(set(options or {}) - set(TABLES))
+    if unknown:
+        raise LyraAssetsError(f"a saved walkthrough keeps its own {', '.join(unknown)} settings; "
+                              f"`mesh` can change only {', '.join(TABLES)}")
+    for key, table in (options or {}).items():
+        validated(TABLES[key], table, source, f"[{key}]")
+
+
 def check_layer(layer: Layer) -> None:
     """The shape of one table: known keys, names that are strings, tables that are tables."""
     known = (*NAMES, *PRESET_SECTIONS, *TABLES, *generators.REGISTRY)

@@ -26,12 +26,12 @@ from .export.splats import export_splats
 from .extension import extend_walkthrough
 from .files import output_folder, write_json_atomically
 from .images import load_concept_image
-from .job import JobSpec, resolve_job, safe_name
+from .job import JobSpec, check_asset_options, resolve_job, safe_name
 from .motions import camera_path, keep_clear
 from .presets import deep_merge
 from .progress import Progress, silent
 from .provenance import Provenance
-from .settings import TABLES, validated
+from .settings import TABLES
 from .reconstruct.fusion import fuse
 from .walkthrough import Walkthrough
 
@@ -151,12 +151,7 @@ def mesh(walkthrough_dir: str | Path, out_dir: str | Path = "out", name: str | N
     """A saved walkthrough folder -> out_dir/<name>/<name>.glb (+ manifest.json, preview.png).
     `options` may set [assets], [fusion] and [export]; the walkthrough's own settings stay as recorded."""
     walkthrough_dir = Path(walkthrough_dir)
-    unknown = set(options or {}) - set(MESH_OPTIONS)
-    if unknown:
-        raise LyraAssetsError(f"a saved walkthrough keeps its own {', '.join(sorted(unknown))} settings; "
-                              f"`mesh` can change only {', '.join(MESH_OPTIONS)}")
-    for key, table in (options or {}).items():  # refused before the walkthrough is read
-        validated(TABLES[key], table, "command-line options", f"[{key}]")
+    check_asset_options(options)  # refused before the walkthrough is read
     walkthrough = Walkthrough.load(walkthrough_dir)
     provenance = _recorded_provenance(walkthrough, walkthrough_dir, options)
     if name is None:
