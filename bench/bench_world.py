@@ -71,6 +71,7 @@ CACHE = Path(os.environ.get("LYRA_ASSETS_BENCH_CACHE", Path.home() / ".cache" / 
 SCENES = ("room", "corridor", "street", "plaza", "landscape", "aerial", "object", "archway")
 BASELINES = ("flat", "true-depth")
 DOUBLES = ("depth-true",)  # generators run here with a benchmark double for their model (no weights needed)
+BOX_ROOM = "layout-room"  # the layout generator forced to its room case: the box every image once got
 MAX_GEOMETRY_DEPTH = 50.0  # metres: farther surfaces (distant mountains, the sky) are left out of Chamfer/F
 MAX_PATH_DEPTH = 60.0  # metres: the depth ahead a preset's motion is scaled by is capped here
 
@@ -241,8 +242,11 @@ def run_generator(generator: str, image: Path, preset: str, trajectory: Path, ou
                   settings: Settings) -> dict[str, Any]:
     """One generator through the public pipeline, in this (child) process."""
     monitor = StageMonitor()
+    options = settings.assets(quick)
+    if generator == BOX_ROOM:
+        generator, options = "layout", {**options, "layout": {"scene": "room"}}
     result = build(image, preset=preset, out_dir=out, generator=generator, trajectory=trajectory,
-                   options=settings.assets(quick), force=True, progress=monitor)
+                   options=options, force=True, progress=monitor)
     return {"glb": str(result.glb), "walkthrough": str(result.walkthrough_dir), "stages": monitor.finish()}
 
 
@@ -488,7 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", default=",".join(SCENES), help=f"comma-separated, of: {', '.join(SCENES)}")
     parser.add_argument("--generators", default="layout,depth-true",
                         help="comma-separated generator names (lyra_assets.generators.REGISTRY, or depth-true: the "
-                             "depth generator on a true-depth double), run next to the baselines flat and true-depth")
+                             "depth generator on a true-depth double; layout-room: the layout generator forced to "
+                             "its box room, the reference for open scenes), run next to the baselines flat and "
+                             "true-depth")
     parser.add_argument("--presets", help="comma-separated preset names (default: walk_and_return,look_around "
                         "with --quick, else walk_forward,walk_and_return,look_around)")
     parser.add_argument("--quick", action="store_true", help="256x144, 9 frames, 8 samples, small LODs")
@@ -502,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scene(s) {', '.join(sorted(unknown))}; known: {', '.join(SCENES)}")
     settings = QUICK if args.quick else FULL
     generators = [g for g in args.generators.split(",") if g]
-    known = set(REGISTRY) | set(DOUBLES)
+    known = set(REGISTRY) | set(DOUBLES) | {BOX_ROOM}
     if set(generators) - known:
         parser.error(f"unknown generator(s) {', '.join(sorted(set(generators) - known))}; "
                      f"known: {', '.join(sorted(known))}")
