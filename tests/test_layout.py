@@ -281,3 +281,24 @@ def test_texture_continuation_keeps_what_was_seen_and_copies_no_mirror():
     assert not np.array_equal(filled[:, 48:95], stripes[:, 47:0:-1])  # no reflection about the edge
     assert filled[:, 48:].std() > 10  # detail continued, not a flat fill
     assert np.array_equal(filled, continue_texture(stripes, known, smooth, patch=8))  # deterministic
+
+
+def test_a_street_is_open_and_its_walls_run_on_beside_the_camera():
+    """Two long walls along the view, 3 m either side, with a slice of sky between them: an open scene, not
+    a room, and looking sideways shows the walls continued beyond the frame (not the dome)."""
+    street = OpenGroundScene(blocks=[(np.array([-4.0, -8.0, -10.0]), np.array([-3.0, 1.6, 60.0])),
+                                     (np.array([3.0, -8.0, -10.0]), np.array([4.0, 1.6, 60.0]))])
+    image = _open_image(street)[0]
+    layout = LayoutGenerator(load_preset("walk_forward", overrides={"camera": {"width": 320, "height": 184}}),
+                             {})._fit(image)
+    fit = layout.fit
+    assert fit["case"] == "outdoor" and "street" in fit["case_reason"], fit["case_reason"]
+    assert fit["walls_continued_beyond_frame"] == 2
+    for yaw in (-90.0, 90.0):  # turned to either side: a wall 3 m away, synthesised (not observed)
+        a = np.radians(yaw)
+        pose = np.eye(4)
+        pose[:3, :3] = [[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]
+        _, depth, observed = layout.render(layout.scene.K_concept, pose, *OPEN_SIZE)
+        centre = depth[60:120, 140:180]
+        assert (centre > 0).all() and abs(np.median(centre) - 3.0) < 0.6, np.median(centre)
+        assert not observed[60:120, 140:180].any()

@@ -48,7 +48,7 @@ MIN_WALL_DISTANCE = 0.6  # metres; a fitted wall never comes closer to the first
 MAX_TEXTURE_SIDE = 2048
 AERIAL_HEIGHT_M = 30.0  # a plausible drone or rooftop view when the sidecar gives no height
 AERIAL_PITCH_DEG = 25.0  # a view pitched down at least this much is aerial
-SKY_FRACTION = 0.03  # a picture with at least this much sky is open
+SKY_FRACTION = 0.01  # a picture with at least this much sky is open (a street canyon shows a slice of it)
 
 
 class LayoutHints(BaseModel):
@@ -185,7 +185,9 @@ def fit_layout(pixels: np.ndarray, preset: Preset, hints: LayoutHints) -> Layout
             if pitch >= AERIAL_PITCH_DEG:
                 case, why = "aerial", f"camera pitched down {pitch:.0f} degrees"
             elif sky >= SKY_FRACTION:
-                case, why = "outdoor", f"{100 * sky:.0f}% of the picture is sky"
+                case, why = "outdoor", f"{100 * sky:.1f}% of the picture is sky"
+                if vp is not None and sky < 0.1:
+                    why += " between walls receding to a vanishing point: a street, open above"
             elif vp is not None or hints.back_wall is not None:
                 case, why = "room", "no sky, and receding lines meet at a vanishing point"
             else:

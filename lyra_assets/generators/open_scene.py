@@ -325,6 +325,7 @@ class Popup:
     mask: np.ndarray  # (h_work, w_work) bool
     cols: np.ndarray  # working columns it spans
     reach: np.ndarray  # horizontal distance of its foot from the first camera, per column of `cols`
+    grounded: np.ndarray  # per column of `cols`: whether the picture shows its foot on the ground
 
 
 def lift(pixels: np.ndarray, K: np.ndarray, reading: Reading, camera_height: float,
@@ -376,7 +377,8 @@ def lift(pixels: np.ndarray, K: np.ndarray, reading: Reading, camera_height: flo
                 far_mask |= piece
             elif piece.sum() >= min_area / 4:
                 straight = straightened(np.minimum(reach[part], far), heading[part])
-                popups.append(Popup(piece, cols[part], np.clip(straight, 0.5 * reach[part].min(), far)))
+                popups.append(Popup(piece, cols[part], np.clip(straight, 0.5 * reach[part].min(), far),
+                                    on_ground[part]))
 
     owner_work = np.full((hw, ww), GROUND_OWNER, np.int32)
     owner_work[far_mask] = FAR_OWNER
@@ -395,12 +397,25 @@ def lift(pixels: np.ndarray, K: np.ndarray, reading: Reading, camera_height: flo
     vertices, uv, faces, face_owner = popup_meshes(popups, K, down, s)
     ground = ground_texture(pixels, K, owner, down, right, forward, camera_height, far)
     dome = dome_texture(pixels, K, owner, down, right, forward, ground.reshape(-1, 3).mean(axis=0))
+    walls = [wall for k, popup in enumerate(popups)
+             if (wall := wall_beyond_frame(k, popup, pixels, K, owner, down, right, forward, camera_height, far, s))]
+    canvas, canvas_owner = pixels, owner
+    if walls:
+        canvas = np.vstack([pixels, *(w_.texture for w_ in walls)])
+        canvas_owner = np.vstack([owner, *(np.full(w_.texture.shape[:2], w_.popup, np.int32) for w_ in walls)])
+        row = h
+        for wall in walls:
+            faces = np.concatenate([faces, wall.faces + len(vertices)])
+            vertices = np.concatenate([vertices, wall.vertices])
+            uv = np.concatenate([uv, wall.uv + [0.0, row]])
+            face_owner = np.concatenate([face_owner, np.full(len(wall.faces), wall.popup, np.int32)])
+            row += wall.texture.shape[0]
     scene = OpenScene(pixels, K, owner, down, right, forward, camera_height, far, ground, dome,
-                      vertices, uv, faces, face_owner)
+                      vertices, uv, faces, face_owner, canvas, canvas_owner)
     fractions = [float(np.mean(owner_work == o)) for o in (FAR_OWNER, GROUND_OWNER)]
     fit = {"sky_fraction": round(float(np.mean(labels == SKY)), 4),
            "dome_fraction": round(fractions[0], 4), "ground_fraction": round(fractions[1], 4),
-           "popups": len(popups),
+           "popups": len(popups), "walls_continued_beyond_frame": len(walls),
            "popup_depth_m": [round(float(np.median(p.reach)), 2) for p in popups],
            "popup_triangles": int(len(faces))}
     return scene, fit
@@ -497,6 +512,103 @@ def popup_meshes(popups: list[Popup], K: np.ndarray, down: np.ndarray,
 
 
 # -- 4. unseen parts -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WallBeyond:
+    """A straight pop-up cut by the frame's edge that runs along the view, continued along its foot line
+    beyond the frame (a street's walls run on beside and behind the camera): a quad strip with its own
+    synthesised texture."""
+
+    popup: int
+    vertices: np.ndarray  # (V, 3)
+    uv: np.ndarray  # (V, 2) pixels in `texture`
+    faces: np.ndarray  # (T, 3) int32
+    texture: np.ndarray  # (th, w, 3) uint8, as wide as the concept image
+
+
+WALL_TEXEL_M = 0.05  # the continued wall's texture resolution, at most (it must fit the concept's width)
+
+
+def wall_beyond_frame(k: int, popup: Popup, pixels: np.ndarray, K: np.ndarray, owner: np.ndarray,
+                      down: np.ndarray, right: np.ndarray, forward: np.ndarray, camera_height: float, far: float,
+                      scale: float) -> WallBeyond | None:
+    """The continuation of pop-up k beyond the left or right edge of the frame, if its foot is one straight
+    line that the edge cuts; None otherwise."""
+    h_work, w_work = popup.mask.shape
+    at_left, at_right = popup.cols[0] == 0, popup.cols[-1] == w_work - 1
+    if at_left == at_right or len(popup.cols) < 4:
+        return None
+    near_edge = popup.grounded[: len(popup.cols) // 3 + 1] if at_left else popup.grounded[-(len(popup.cols) // 3 + 1):]
+    if near_edge.mean() < 0.7:
+        return None  # where it meets the frame, its foot is hidden: nothing says where it runs
+    cols = popup.cols + 0.5
+    foot_rows = h_work - np.argmax(popup.mask[::-1, popup.cols], axis=0)  # the edge below the lowest pixel
+    rays = np.linalg.solve(K, np.stack([cols * scale, foot_rows * scale, np.ones(len(cols))])).T
+    flat = np.stack([rays @ right, rays @ forward], 1)
+    feet = popup.reach[:, None] * flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    feet = feet[popup.reach < 0.99 * far]  # feet clipped at the far limit are not on its line
+    if len(feet) < 4:
+        return None
+    edge, other = (feet[0], feet[-1]) if at_left else (feet[-1], feet[0])
+    along = edge - other
+    seen_length = float(np.linalg.norm(along))
+    if seen_length < 0.5:
+        return None
+    along /= seen_length
+    if abs(along[1]) < math.cos(math.radians(35)):
+        return None  # a wall across the view may end anywhere beyond the frame; one along it lines a street
+    residual = np.abs((feet - other) @ np.array([-along[1], along[0]]))
+    if residual.max() > 0.05 * float(np.median(popup.reach)) + 0.05:
+        return None  # a bent or rounded foot: nothing says how it goes on
+    # Up to where it passes the camera by as much again, within the modelled world.
+    passing = float(-(edge @ along))
+    length = float(np.clip(passing + max(passing, 5.0), 1.0, far))
+    # Its height where the frame cuts it (taller if the frame also cuts its top).
+    col = 0 if at_left else len(popup.cols) - 1
+    rows = np.flatnonzero(popup.mask[:, popup.cols[col]])
+    top = np.linalg.solve(K, [cols[col] * scale, rows[0] * scale, 1.0])
+    top_height = camera_height - float(popup.reach[col] * (top @ down) / np.linalg.norm([top @ right, top @ forward]))
+    if rows[0] == 0:
+        top_height *= 1.5
+    if top_height <= 0.2:
+        return None
+    w = pixels.shape[1]
+    density = min(1.0 / WALL_TEXEL_M, (w - 1) / (length + seen_length))
+    n_s, n_z = int(math.ceil((length + seen_length) * density)) + 1, int(math.ceil(top_height * density)) + 1
+    # Texels over s in [-seen_length, length] (0 at the frame's edge) and height top_height .. 0.
+    u, v = pixel_centres(n_s, n_z)
+    s_m, z_m = u / density - seen_length, top_height - v / density
+    ground_xy = edge[None, None] + s_m[..., None] * along
+    points = (camera_height - z_m)[..., None] * down + ground_xy[..., :1] * right + ground_xy[..., 1:] * forward
+    pu, pv, who = _project(points, K, owner)
+    known = who == k
+    colour = cv2.remap(pixels, np.where(known, pu - 0.5, 0).astype(np.float32),
+                       np.where(known, pv - 0.5, 0).astype(np.float32), cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)
+    if known.sum() < 16:
+        return None
+    # A wall's colour changes mostly with height (plinth, storeys, eaves): per row, then patches for detail.
+    counts = known.sum(axis=1)
+    have = np.flatnonzero(counts)
+    sums = (colour.astype(np.float32) * known[..., None]).sum(axis=1) / np.maximum(counts, 1)[:, None]
+    row_colour = np.stack([np.interp(np.arange(n_z), have, sums[have, c]) for c in range(3)], 1)
+    smooth = np.broadcast_to(row_colour[:, None], colour.shape).astype(np.float32)
+    texture = continue_texture(colour, known, smooth, patch=max(4, min(24, n_z // 3)))
+    first = max(0, int(seen_length * density) - 1)  # the continuation's texture starts at the frame's edge
+    texture = np.ascontiguousarray(texture[:, first:])
+    tw = texture.shape[1]
+    texture = np.pad(texture, ((0, 0), (0, w - tw), (0, 0)), mode="edge")
+    steps = np.linspace(0.0, length, max(2, int(length / 0.5) + 1))
+    heights = np.array([top_height, 0.0])
+    ss, zz = np.meshgrid(steps, heights)
+    foot = edge[None, None] + ss[..., None] * along
+    vertices = ((camera_height - zz)[..., None] * down + foot[..., :1] * right + foot[..., 1:] * forward).reshape(-1, 3)
+    uv = np.stack([(ss + seen_length) * density - first, (top_height - zz) * density], -1).reshape(-1, 2)
+    n = len(steps)
+    a = np.arange(n - 1)
+    faces = np.concatenate([np.c_[a, a + 1, a + n + 1], np.c_[a, a + n + 1, a + n]]).astype(np.int32)
+    return WallBeyond(k, vertices, uv, faces, texture)
 
 
 def _project(points: np.ndarray, K: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -44,6 +44,9 @@ class OpenScene:
     uv: np.ndarray  # (V, 2) float64 concept-image pixel coordinates of each vertex
     faces: np.ndarray  # (T, 3) int32
     face_owner: np.ndarray  # (T,) int32: the pop-up each face belongs to
+    canvas: np.ndarray  # (ch, w, 3) uint8: the concept image, then below it the synthesised textures of walls
+    #                     continued beyond the frame; pop-up texture coordinates are pixels of the canvas
+    canvas_owner: np.ndarray  # (ch, w) int32: the owner map, then the pop-up each synthesised texture belongs to
 
 
 def render_open(scene: OpenScene, K: np.ndarray, c2w: np.ndarray, width: int,
@@ -58,9 +61,9 @@ def render_open(scene: OpenScene, K: np.ndarray, c2w: np.ndarray, width: int,
     w2c = np.linalg.inv(c2w)
     if len(scene.faces):
         _rasterise(scene.vertices @ w2c[:3, :3].T + w2c[:3, 3], scene.uv, scene.faces, scene.face_owner,
-                   scene.owner, K, scene.K_concept, zbuf, tex, front)
+                   scene.canvas_owner, K, scene.K_concept, zbuf, tex, front)
     _shade(frame, depth, observed, zbuf, tex, front, K, c2w, scene.K_concept, scene.concept, scene.owner,
-           scene.down, scene.right, scene.forward, scene.camera_height, scene.far, scene.ground,
+           scene.canvas, scene.down, scene.right, scene.forward, scene.camera_height, scene.far, scene.ground,
            scene.dome)
     return frame, depth, observed
 
@@ -173,7 +176,7 @@ def _from_concept(concept, owner, label, Kc, x, y, z, out, row, col):
 
 
 @numba.njit(parallel=True, cache=True)
-def _shade(frame, depth, observed, zbuf, tex, front, K, c2w, Kc, concept, owner, down, right, forward,
+def _shade(frame, depth, observed, zbuf, tex, front, K, c2w, Kc, concept, owner, canvas, down, right, forward,
            camera_height, far, ground, dome):
     height, width = zbuf.shape
     gw = ground.shape[1]
@@ -215,8 +218,9 @@ def _shade(frame, depth, observed, zbuf, tex, front, K, c2w, Kc, concept, owner,
                 observed[row, col] = seen
             elif zbuf[row, col] < np.inf:
                 depth[row, col] = zbuf[row, col]
-                _sample(concept, tex[row, col, 0], tex[row, col, 1], frame, row, col)
-                observed[row, col] = front[row, col]
+                _sample(canvas, tex[row, col, 0], tex[row, col, 1], frame, row, col)
+                # Below the concept image, the canvas holds synthesised wall: never observed.
+                observed[row, col] = front[row, col] and tex[row, col, 1] < concept.shape[0]
             else:
                 depth[row, col] = 0.0  # the dome: no surface, so fusion and the collider ignore it
                 seen = _from_concept(concept, owner, -2, Kc, d0, d1, d2, frame, row, col)
