@@ -121,6 +121,24 @@ def down_from_verticals(segments: np.ndarray, K: np.ndarray, height: int,
     return d
 
 
+def through(down: np.ndarray | None, vanishing_point: np.ndarray | None, K: np.ndarray,
+            tolerance_deg: float = 5.0) -> np.ndarray | None:
+    """`down` turned (least, about the horizontal axis) so that the horizon passes through the vanishing
+    point of receding ground lines; None without both, or if they disagree by more than tolerance_deg.
+    Receding lines meet at a point on the horizon itself, while the vertical vanishing point lies far off
+    and a fraction of a degree of error in short posts moves the horizon by pixels; the verticals still
+    give the roll."""
+    if down is None or vanishing_point is None:
+        return None
+    ray = np.linalg.solve(K, [vanishing_point[0], vanishing_point[1], 1.0])
+    ray /= np.linalg.norm(ray)
+    off = float(down @ ray)
+    if abs(off) > math.sin(math.radians(tolerance_deg)):
+        return None
+    turned = down - off * ray
+    return turned / np.linalg.norm(turned)
+
+
 def down_from_horizon(row: float, K: np.ndarray) -> np.ndarray:
     """Down for a camera without roll whose horizon crosses the image centre column at `row`."""
     d = np.array([0.0, 1.0, (K[1, 2] - row) / K[1, 1]])
@@ -260,8 +278,9 @@ def read_picture(pixels: np.ndarray, K: np.ndarray, segments: np.ndarray, vanish
             r = math.radians(roll_hint_deg)
             down = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]]) @ down
     else:
-        candidates = [(down_from_verticals(segments, K, h, vanishing_point,
-                                           may_look_up=bool(sky_pixels.mean() >= 0.03)), "vertical vanishing point"),
+        vertical = down_from_verticals(segments, K, h, vanishing_point, may_look_up=bool(sky_pixels.mean() >= 0.03))
+        candidates = [(through(vertical, vanishing_point, K), "vertical and horizon vanishing points"),
+                      (vertical, "vertical vanishing point"),
                       (None if vanishing_point is None else down_from_horizon(float(vanishing_point[1]), K),
                        "vanishing point")]
         if pitch_default_deg is not None:
