@@ -238,16 +238,64 @@ def ground_segments(sp: Superpixels, horizon: np.ndarray, sky: np.ndarray, line_
     return grown & ~far_from_seeds
 
 
+def vertical_segments(segments: np.ndarray, down: np.ndarray, K: np.ndarray,
+                      vanishing_point: np.ndarray | None) -> np.ndarray:
+    """The segments pointing at the vertical vanishing point (and not at the horizon's)."""
+    segments = _not_receding_to(segments, vanishing_point)
+    return segments[_towards(segments, K @ down, 4.0)] if len(segments) else segments
+
+
 def vertical_line_support(segments: np.ndarray, down: np.ndarray, K: np.ndarray, sp: Superpixels,
                           scale: float, vanishing_point: np.ndarray | None) -> np.ndarray:
     """Per superpixel: the fraction of its pixels on a segment pointing at the vertical vanishing point."""
     mask = np.zeros(sp.segments.shape, np.uint8)
-    segments = _not_receding_to(segments, vanishing_point)
-    if len(segments):
-        for x0, y0, x1, y1 in segments[_towards(segments, K @ down, 4.0)]:
-            cv2.line(mask, (int(x0 / scale), int(y0 / scale)), (int(x1 / scale), int(y1 / scale)), 1, 2)
+    for x0, y0, x1, y1 in vertical_segments(segments, down, K, vanishing_point):
+        cv2.line(mask, (int(x0 / scale), int(y0 / scale)), (int(x1 / scale), int(y1 / scale)), 1, 2)
     n = len(sp.area)
     return np.bincount(sp.segments.ravel(), mask.ravel().astype(float), n) / sp.area
+
+
+def standing_on_ground(sp: Superpixels, ground: np.ndarray, verticals: np.ndarray, horizon: np.ndarray,
+                       step_delta_e: float = 8.0) -> np.ndarray:
+    """Superpixels of `ground` that belong to something standing, by the generic-viewpoint assumption: a
+    straight edge pointing at the vertical vanishing point is a vertical edge in the world, not a ground
+    line that happens to point at the camera's foot. A ground material (a region of neighbours within
+    step_delta_e) along such an edge that ends where the edge ends is the face of an object (a plinth, a
+    hedge); one that goes on above it is the ground behind. The main ground (the largest material) and any
+    material reaching the horizon stay ground. `verticals` at working scale."""
+    n = len(sp.area)
+    material = np.full(n, -1)
+    for start in np.flatnonzero(ground):
+        if material[start] < 0:
+            seed = np.zeros(n, bool)
+            seed[start] = True
+            material[_grow(sp, seed, ground & (material < 0), step_delta_e)] = start
+    pixel_material = material[sp.segments]
+    h, w = pixel_material.shape
+    area = np.bincount(material[ground], sp.area[ground], n)
+    rows = np.arange(h)
+    standing = set()
+    for x0, y0, x1, y1 in verticals:
+        if y0 > y1:
+            x0, y0, x1, y1 = x1, y1, x0, y0
+        t = np.linspace(0.0, 1.0, max(2, int(y1 - y0)))
+        xs, ys = x0 + t * (x1 - x0), np.clip((y0 + t * (y1 - y0)).astype(int), 0, h - 1)
+        sides = [pixel_material[ys, np.clip((xs + dx).astype(int), 0, w - 1)] for dx in (-2.5, 2.5)]
+        col = int(np.clip(x0, 0, w - 1))
+        window = pixel_material[:, max(0, col - 4): col + 5]
+        for side in sides:
+            if (side >= 0).mean() > 0.6:
+                m = int(np.bincount(side[side >= 0]).argmax())
+                if rows[(window == m).any(axis=1)].min() >= y0 - (0.15 * (y1 - y0) + 2):
+                    standing.add(m)  # it ends where the edge ends: the edge's object, not ground behind it
+    main = int(np.argmax(area))
+    out = np.zeros(n, bool)
+    for m in standing - {main}:
+        region = material == m
+        reach = (horizon[np.clip(sp.cols[region].round().astype(int), 0, w - 1)] - sp.rows[region, 0]).max()
+        if reach < -0.02 * h:  # its top stays clear of the horizon
+            out |= region
+    return out
 
 
 def read_picture(pixels: np.ndarray, K: np.ndarray, segments: np.ndarray, vanishing_point: np.ndarray | None,
@@ -304,6 +352,7 @@ def read_picture(pixels: np.ndarray, K: np.ndarray, segments: np.ndarray, vanish
     # Sky below the horizon is a reflection or a mistake; either way not the dome.
     sky &= sp.rows[:, 1] < horizon[np.clip(sp.cols.round().astype(int), 0, len(horizon) - 1)]
     ground = ground_segments(sp, horizon, sky, support, small.shape[0])
+    ground &= ~standing_on_ground(sp, ground, vertical_segments(segments, down, K, vanishing_point) / scale, horizon)
     labels = np.where(sky, SKY, np.where(ground, GROUND, VERTICAL)).astype(np.uint8)[sp.segments]
     return Reading(down, source, refine_sky(labels, rgb2lab(small), horizon), scale)
 
