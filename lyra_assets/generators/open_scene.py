@@ -255,8 +255,43 @@ def vertical_line_support(segments: np.ndarray, down: np.ndarray, K: np.ndarray,
     return np.bincount(sp.segments.ravel(), mask.ravel().astype(float), n) / sp.area
 
 
+def vertical_sides(region: np.ndarray, ground: np.ndarray, vertical_point: np.ndarray,
+                   share: float = 0.4) -> list[tuple[float, float, float, float]]:
+    """The region's left and right outlines where they run straight towards the vertical vanishing point
+    (homogeneous, working pixels) over `share` of its height, beside other ground for a third of that
+    (a ground boundary that is vertical in the picture, whether or not the line detector found it), as
+    segments x0, y0, x1, y1. Outlines along the frame's edge are the frame's, not the region's."""
+    h, w = region.shape
+    rows = np.flatnonzero(region.any(axis=1))
+    if len(rows) < max(8, 0.08 * h):
+        return []
+    height = rows[-1] - rows[0] + 1
+    out = []
+    for side in (-1, 1):
+        cols = (np.argmax(region[rows], axis=1) if side < 0
+                else w - 1 - np.argmax(region[rows, ::-1], axis=1)).astype(float)
+        inner = (cols > 0) & (cols < w - 1)
+        if inner.sum() < share * height:
+            continue
+        r, c = rows[inner].astype(float) + 0.5, cols[inner] + 0.5 * (1 + side)
+        # Towards the vertical vanishing point from the outline's middle: the run's expected slope.
+        to_point = vertical_point[:2] - np.array([np.median(c), np.median(r)]) * vertical_point[2]
+        if abs(to_point[1]) < 1e-9:
+            continue
+        slope = to_point[0] / to_point[1]
+        offset = np.median(c - slope * r)
+        fits = np.abs(c - slope * r - offset) <= 1.5
+        if fits.sum() < share * height:
+            continue
+        r, c = r[fits], c[fits]
+        beside = ground[r.astype(int), np.clip((c + 2 * side).astype(int), 0, w - 1)]
+        if beside.mean() >= 1 / 3:
+            out.append((c[0], r[0] - 0.5, c[-1], r[-1] + 0.5))
+    return out
+
+
 def standing_on_ground(sp: Superpixels, ground: np.ndarray, verticals: np.ndarray, horizon: np.ndarray,
-                       step_delta_e: float = 8.0) -> np.ndarray:
+                       vertical_point: np.ndarray, step_delta_e: float = 8.0) -> np.ndarray:
     """Superpixels of `ground` that belong to something standing, by the generic-viewpoint assumption: a
     straight edge pointing at the vertical vanishing point is a vertical edge in the world, not a ground
     line that happens to point at the camera's foot. A ground material (a region of neighbours within
@@ -275,7 +310,18 @@ def standing_on_ground(sp: Superpixels, ground: np.ndarray, verticals: np.ndarra
     area = np.bincount(material[ground], sp.area[ground], n)
     rows = np.arange(h)
     standing = set()
-    for x0, y0, x1, y1 in verticals:
+    # The main ground reaches farthest towards the horizon (the largest of those that reach as far).
+    top_row = np.full(n, h, float)
+    np.minimum.at(top_row, material[ground], sp.rows[ground, 0])
+    main = int(np.lexsort((-area, top_row))[0])
+    # Outlines of near materials, reaching the lower half between the horizon and the frame's bottom (a far
+    # patch of floor between posts is outlined by the posts).
+    bottom_row = np.full(n, -1.0)
+    np.maximum.at(bottom_row, material[ground], sp.rows[ground, 2])
+    near = bottom_row >= (horizon.mean() + h) / 2
+    runs = [run for m in np.flatnonzero(near) if m != main
+            for run in vertical_sides(pixel_material == m, pixel_material >= 0, vertical_point)]
+    for x0, y0, x1, y1 in [*verticals, *runs]:
         if y0 > y1:
             x0, y0, x1, y1 = x1, y1, x0, y0
         t = np.linspace(0.0, 1.0, max(2, int(y1 - y0)))
@@ -286,9 +332,8 @@ def standing_on_ground(sp: Superpixels, ground: np.ndarray, verticals: np.ndarra
         for side in sides:
             if (side >= 0).mean() > 0.6:
                 m = int(np.bincount(side[side >= 0]).argmax())
-                if rows[(window == m).any(axis=1)].min() >= y0 - (0.15 * (y1 - y0) + 2):
+                if abs(rows[(window == m).any(axis=1)].min() - y0) <= 0.15 * (y1 - y0) + 2:
                     standing.add(m)  # it ends where the edge ends: the edge's object, not ground behind it
-    main = int(np.argmax(area))
     out = np.zeros(n, bool)
     for m in standing - {main}:
         region = material == m
@@ -352,7 +397,8 @@ def read_picture(pixels: np.ndarray, K: np.ndarray, segments: np.ndarray, vanish
     # Sky below the horizon is a reflection or a mistake; either way not the dome.
     sky &= sp.rows[:, 1] < horizon[np.clip(sp.cols.round().astype(int), 0, len(horizon) - 1)]
     ground = ground_segments(sp, horizon, sky, support, small.shape[0])
-    ground &= ~standing_on_ground(sp, ground, vertical_segments(segments, down, K, vanishing_point) / scale, horizon)
+    ground &= ~standing_on_ground(sp, ground, vertical_segments(segments, down, K, vanishing_point) / scale, horizon,
+                                 np.diag([1 / scale, 1 / scale, 1.0]) @ K @ down)
     labels = np.where(sky, SKY, np.where(ground, GROUND, VERTICAL)).astype(np.uint8)[sp.segments]
     return Reading(down, source, refine_sky(labels, rgb2lab(small), horizon), scale)
 
