@@ -5,6 +5,8 @@ import pytest
 from scenes import BoxScene, OpenGroundScene
 
 from lyra_assets.generators.layout import LayoutGenerator, LayoutHints, fit_room, mirror_fill
+from lyra_assets.generators import open_scene
+from lyra_assets.generators.layout import detect_segments
 from lyra_assets.generators.open_scene import continue_texture
 from lyra_assets.images import ConceptImage, load_concept_image
 from lyra_assets.motions import camera_path
@@ -302,3 +304,29 @@ def test_a_street_is_open_and_its_walls_run_on_beside_the_camera():
         centre = depth[60:120, 140:180]
         assert (centre > 0).all() and abs(np.median(centre) - 3.0) < 0.6, np.median(centre)
         assert not observed[60:120, 140:180].any()
+
+
+def test_a_hedge_on_the_frames_bottom_stands_and_the_lawn_lies():
+    """A dark green block whose front reaches the frame's bottom, on a lawn of the same hue: its straight
+    vertical side beside the lawn makes it a standing face (generic viewpoint), not ground running to the
+    horizon; the lawn stays ground."""
+    w, h = 320, 184
+    picture = np.zeros((h, w, 3), np.float32)
+    picture[:] = (200, 220, 245)
+    picture[h // 2:] = (110, 180, 90)
+    picture[110:, :100] = (50, 110, 45)
+    picture += np.random.default_rng(0).normal(0, 6, picture.shape)
+    picture = np.clip(picture, 0, 255).astype(np.uint8)
+    K = intrinsics_from_fov(60.0, w, h)
+    reading = open_scene.read_picture(picture, K, detect_segments(picture), None, None, None, None)
+    labels = cv2.resize(reading.labels, (w, h), interpolation=cv2.INTER_NEAREST)
+    assert np.mean(labels[115:, :95] == open_scene.VERTICAL) > 0.9
+    assert np.mean(labels[120:, 110:] == open_scene.GROUND) > 0.9
+
+
+def test_the_horizon_goes_through_the_ground_lines_vanishing_point():
+    K = intrinsics_from_fov(60.0, 320, 184)
+    tilted = open_scene.down_from_horizon(100.0, K)  # verticals a little off: horizon at row 100
+    down = open_scene.through(tilted, np.array([150.0, 94.0]), K)
+    assert abs(open_scene.horizon_row(down, K, 150.0) - 94.0) < 0.01
+    assert open_scene.through(tilted, np.array([150.0, 20.0]), K) is None  # too far apart: no compromise
