@@ -335,8 +335,12 @@ def standing_on_ground(sp: Superpixels, ground: np.ndarray, verticals: np.ndarra
                 if abs(rows[(window == m).any(axis=1)].min() - y0) <= 0.15 * (y1 - y0) + 2:
                     standing.add(m)  # it ends where the edge ends: the edge's object, not ground behind it
     out = np.zeros(n, bool)
+    main_lab = (sp.lab[material == main] * sp.area[material == main, None]).sum(0) / area[main]
     for m in standing - {main}:
         region = material == m
+        lab = (sp.lab[region] * sp.area[region, None]).sum(0) / area[m]
+        if np.linalg.norm(lab - main_lab) < step_delta_e:
+            continue  # the main ground itself, seen between the legs of something standing on it
         reach = (horizon[np.clip(sp.cols[region].round().astype(int), 0, w - 1)] - sp.rows[region, 0]).max()
         if reach < -0.02 * h:  # its top stays clear of the horizon
             out |= region
