@@ -706,13 +706,20 @@ def wall_beyond_frame(k: int, popup: Popup, pixels: np.ndarray, K: np.ndarray, o
                        borderMode=cv2.BORDER_REPLICATE)
     if known.sum() < 16:
         return None
-    # A wall's colour changes mostly with height (plinth, storeys, eaves): per row, then patches for detail.
-    counts = known.sum(axis=1)
+    # A wall's colour changes mostly with height (plinth, storeys, eaves): per row, then patches for detail,
+    # both from the stretch nearest the frame's edge (a street's next house looks like this one, not like
+    # the one at the far end).
+    nearest = known & (s_m > -max(3.0, 0.25 * seen_length))
+    if nearest.sum() >= 16:
+        known_near = nearest
+    else:
+        known_near = known
+    counts = known_near.sum(axis=1)
     have = np.flatnonzero(counts)
-    sums = (colour.astype(np.float32) * known[..., None]).sum(axis=1) / np.maximum(counts, 1)[:, None]
+    sums = (colour.astype(np.float32) * known_near[..., None]).sum(axis=1) / np.maximum(counts, 1)[:, None]
     row_colour = np.stack([np.interp(np.arange(n_z), have, sums[have, c]) for c in range(3)], 1)
     smooth = np.broadcast_to(row_colour[:, None], colour.shape).astype(np.float32)
-    texture = continue_texture(colour, known, smooth, patch=max(4, min(24, n_z // 3)))
+    texture = continue_texture(colour, known, smooth, patch=max(4, min(24, n_z // 3)), sources=known_near)
     first = max(0, int(seen_length * density) - 1)  # the continuation's texture starts at the frame's edge
     texture = np.ascontiguousarray(texture[:, first:])
     tw = texture.shape[1]
