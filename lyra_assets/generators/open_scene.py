@@ -679,9 +679,7 @@ def wall_beyond_frame(k: int, popup: Popup, pixels: np.ndarray, K: np.ndarray, o
     residual = np.abs((feet - other) @ np.array([-along[1], along[0]]))
     if residual.max() > 0.05 * float(np.median(popup.reach)) + 0.05:
         return None  # a bent or rounded foot: nothing says how it goes on
-    # Up to where it passes the camera by as much again, within the modelled world.
-    passing = float(-(edge @ along))
-    length = float(np.clip(passing + max(passing, 5.0), 1.0, far))
+    length = far  # a street goes on behind the camera, as far as the modelled world
     # Its height where the frame cuts it (taller if the frame also cuts its top).
     col = 0 if at_left else len(popup.cols) - 1
     rows = np.flatnonzero(popup.mask[:, popup.cols[col]])
