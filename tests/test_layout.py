@@ -295,7 +295,7 @@ def test_a_street_is_open_and_its_walls_run_on_beside_the_camera():
                              {})._fit(image)
     fit = layout.fit
     assert fit["case"] == "outdoor" and "street" in fit["case_reason"], fit["case_reason"]
-    assert fit["walls_continued_beyond_frame"] == 2
+    assert fit["walls_continued_beyond_frame"] == 2 and fit["street_vanishing_point"] is not None
     for yaw in (-90.0, 90.0):  # turned to either side: a wall 3 m away, synthesised (not observed)
         a = np.radians(yaw)
         pose = np.eye(4)

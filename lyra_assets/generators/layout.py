@@ -49,6 +49,7 @@ MAX_TEXTURE_SIDE = 2048
 AERIAL_HEIGHT_M = 30.0  # a plausible drone or rooftop view when the sidecar gives no height
 AERIAL_PITCH_DEG = 25.0  # a view pitched down at least this much is aerial
 SKY_FRACTION = 0.01  # a picture with at least this much sky is open (a street canyon shows a slice of it)
+STREET_SKY = 0.1  # an open picture with less sky than this and a vanishing point is a street between walls
 
 
 class LayoutHints(BaseModel):
@@ -166,7 +167,7 @@ def fit_layout(pixels: np.ndarray, preset: Preset, hints: LayoutHints) -> Layout
     vp = (np.array(hints.vanishing_point, float) if hints.vanishing_point is not None
           else find_vanishing_point(segments, w, h))
     case, why = hints.scene, "sidecar"
-    reading = None
+    reading, street = None, None
     if case in ("auto", "outdoor", "aerial"):
         def read(horizon_vp: np.ndarray | None) -> open_scene.Reading:
             return open_scene.read_picture(pixels, K, segments, horizon_vp, hints.horizon_px, hints.roll_deg,
@@ -186,8 +187,8 @@ def fit_layout(pixels: np.ndarray, preset: Preset, hints: LayoutHints) -> Layout
                 case, why = "aerial", f"camera pitched down {pitch:.0f} degrees"
             elif sky >= SKY_FRACTION:
                 case, why = "outdoor", f"{100 * sky:.1f}% of the picture is sky"
-                if vp is not None and sky < 0.1:
-                    why += " between walls receding to a vanishing point: a street, open above"
+                if vp is not None and sky < STREET_SKY:
+                    street, why = vp, why + " between walls receding to a vanishing point: a street, open above"
             elif vp is not None or hints.back_wall is not None:
                 case, why = "room", "no sky, and receding lines meet at a vanishing point"
             else:
@@ -195,7 +196,7 @@ def fit_layout(pixels: np.ndarray, preset: Preset, hints: LayoutHints) -> Layout
     if case == "room":
         layout = room_layout(pixels, K, hfov, eye, hints, segments)
     else:
-        layout = open_layout(pixels, K, reading, hints, eye, aerial=case == "aerial")
+        layout = open_layout(pixels, K, reading, hints, eye, aerial=case == "aerial", street=street)
     layout.fit.update({"case": case, "case_reason": why, "hfov_deg": hfov, "line_segments": int(len(segments)),
                        "fit_s": round(time.perf_counter() - started, 3)})
     return layout
@@ -218,10 +219,10 @@ def room_layout(pixels: np.ndarray, K: np.ndarray, hfov: float, eye: float, hint
 
 
 def open_layout(pixels: np.ndarray, K: np.ndarray, reading: open_scene.Reading, hints: LayoutHints, eye: float,
-                aerial: bool) -> Layout:
+                aerial: bool, street: np.ndarray | None = None) -> Layout:
     height = hints.camera_height_m or (AERIAL_HEIGHT_M if aerial else eye)
     far = hints.far_m * height / eye
-    scene, fit = open_scene.lift(pixels, K, reading, height, far)
+    scene, fit = open_scene.lift(pixels, K, reading, height, far, street)
     pitch, roll = open_scene.pitch_roll_deg(reading.down)
     probe_w = 160
     probe_h = max(2, round(probe_w * pixels.shape[0] / pixels.shape[1]))
@@ -238,6 +239,7 @@ def open_layout(pixels: np.ndarray, K: np.ndarray, reading: open_scene.Reading, 
                 "camera_height_source": "sidecar" if hints.camera_height_m else ("aerial default" if aerial
                                                                                  else "preset eye height"),
                 "far_m": round(far, 2), "first_view_median_depth_m": round(depth, 3),
+                "street_vanishing_point": None if street is None else np.round(street, 2).tolist(),
                 "sky": "dome: depth 0 (unknown) in the walkthrough, so neither fusion nor the collider sees it",
                 "unseen_fill": "Telea inpainting at low resolution (ground) or per-elevation colour (dome), "
                                "plus detail continued from random patches of the seen texture"})

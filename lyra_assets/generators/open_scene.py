@@ -446,9 +446,33 @@ class Popup:
     grounded: np.ndarray  # per column of `cols`: whether the picture shows its foot on the ground
 
 
+def street_wall_feet(labels: np.ndarray, vanishing_point: np.ndarray, share: float = 0.9) -> np.ndarray:
+    """Per working column, the row of a street's wall foot, or nan: on each side of the vanishing point the
+    walls run along the view, so their feet lie on a line through it. Of the feet seen on the ground in the
+    outer half of that side, the line takes a low one (`share`: ground labels slip up a wall's shaded base,
+    which puts feet too high, never too low)."""
+    h, w = labels.shape
+    vertical = labels == VERTICAL
+    cols = np.arange(w)
+    has = vertical.any(axis=0)
+    foot = h - 1 - np.argmax(vertical[::-1], axis=0)
+    on_ground = has & ((foot == h - 1) | (labels[np.minimum(foot + 1, h - 1), cols] == GROUND))
+    vx, vy = vanishing_point
+    out = np.full(w, np.nan)
+    for side in (cols < vx - 1, cols > vx + 1):
+        edge_ward = side & (np.abs(cols + 0.5 - vx) >= 0.5 * np.abs(cols + 0.5 - vx)[side].max()) if side.any() else side
+        use = edge_ward & on_ground & (foot + 1 > vy)
+        if use.sum() < 0.2 * max(edge_ward.sum(), 1):
+            continue
+        slope = np.quantile((foot[use] + 1 - vy) / (cols[use] + 0.5 - vx), share if vx < cols[use].mean() else 1 - share)
+        out[side] = vy + slope * (cols[side] + 0.5 - vx)
+    return out
+
+
 def lift(pixels: np.ndarray, K: np.ndarray, reading: Reading, camera_height: float,
-         far: float) -> tuple[OpenScene, dict[str, Any]]:
-    """The reading as a scene: ground plane, folded pop-ups standing on it, the dome."""
+         far: float, street_vanishing_point: np.ndarray | None = None) -> tuple[OpenScene, dict[str, Any]]:
+    """The reading as a scene: ground plane, folded pop-ups standing on it, the dome. In a street (its
+    vanishing point given), nothing at the sides stands farther than the walls' foot lines."""
     down = reading.down
     right, forward = ground_frame(down)
     labels = reading.labels.copy()
@@ -471,6 +495,10 @@ def lift(pixels: np.ndarray, K: np.ndarray, reading: Reading, camera_height: flo
     count, components = cv2.connectedComponents((labels == VERTICAL).astype(np.uint8), connectivity=8)
     min_area = 0.002 * hw * ww
     horizon = horizon_row(down, K, (np.arange(ww) + 0.5) * s) / s
+    wall_feet = None
+    if street_vanishing_point is not None:  # the walls run along the ground: their lines meet on the horizon
+        vx = float(street_vanishing_point[0]) / s
+        wall_feet = street_wall_feet(labels, np.array([vx, np.interp(vx, np.arange(ww) + 0.5, horizon)]))
     for c in range(1, count):
         mask = components == c
         if mask.sum() < min_area:  # specks: painted onto whatever they sit in
@@ -486,6 +514,12 @@ def lift(pixels: np.ndarray, K: np.ndarray, reading: Reading, camera_height: flo
         reach, heading = reach_at(cols + 0.5, (foot + 1).astype(float))
         reach = np.interp(cols, cols[on_ground], reach[on_ground]) if np.isfinite(reach[on_ground]).all() else reach
         reach = ndimage.median_filter(np.nan_to_num(reach, posinf=1e9), size=5, mode="nearest")
+        if wall_feet is not None:
+            line = wall_feet[cols]
+            known = np.isfinite(line) & (line < hw)
+            if known.any():
+                wall_reach = reach_at(cols[known] + 0.5, line[known])[0]
+                reach[known] = np.minimum(reach[known], np.where(np.isfinite(wall_reach), wall_reach, np.inf))
         cuts = np.flatnonzero((np.abs(np.log(reach[1:] / reach[:-1])) > math.log(DEPTH_CUT))
                               | (np.diff(cols) > 1)) + 1
         for part in np.split(np.arange(len(cols)), cuts):
@@ -680,13 +714,13 @@ def wall_beyond_frame(k: int, popup: Popup, pixels: np.ndarray, K: np.ndarray, o
     if residual.max() > 0.05 * float(np.median(popup.reach)) + 0.05:
         return None  # a bent or rounded foot: nothing says how it goes on
     length = far  # a street goes on behind the camera, as far as the modelled world
-    # Its height where the frame cuts it (taller if the frame also cuts its top).
+    # Its height where the frame cuts it (a building goes on up where the frame also cuts its top).
     col = 0 if at_left else len(popup.cols) - 1
     rows = np.flatnonzero(popup.mask[:, popup.cols[col]])
     top = np.linalg.solve(K, [cols[col] * scale, rows[0] * scale, 1.0])
     top_height = camera_height - float(popup.reach[col] * (top @ down) / np.linalg.norm([top @ right, top @ forward]))
     if rows[0] == 0:
-        top_height *= 1.5
+        top_height *= 3.0
     if top_height <= 0.2:
         return None
     w = pixels.shape[1]
