@@ -11,6 +11,8 @@ For each scene (built by bench/world_scenes.py in Blender, Cycles on the CPU) an
    the path as a trajectory file); if a generator's own free-space check shortens the path, the ground truth
    is rendered again along the path it walked (the record's `path_scale` says so), so frames always compare
    at identical poses.
+   `layout-room` is the layout generator forced to its box room (`[layout] scene = "room"`): the box every
+   picture got before open scenes were modelled, the reference the open cases must beat in the same run.
    `depth-true` is the depth generator with a labelled benchmark double for its depth model: the true
    scene's depth at any camera (rasterised from the true mesh), with the classical fill. It measures the
    generator's own parts (metric fit to the floor, spatial memory, fill) without weights on the machine.

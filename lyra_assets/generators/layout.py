@@ -17,8 +17,9 @@ can force one) and recorded in the manifest:
 - "outdoor" and "aerial": a ground plane, pop-ups standing on it and a sky dome (open_scene.py), rendered
   by scene_render.py. An aerial view is the same scene seen from high above (30 m unless the sidecar says).
 
-A picture with sky in it is open; one without sky but with a dominant vanishing point is a room; a steep
-downward view (from the vertical vanishing point) is aerial.
+A picture with sky in it is open (a street canyon shows only a slice of it: with a vanishing point and
+little sky its walls stand on lines through that point); one without sky but with a dominant vanishing point
+is a room; a steep downward view (from the vertical vanishing point) is aerial.
 """
 from __future__ import annotations
 
