@@ -330,3 +330,19 @@ def test_the_horizon_goes_through_the_ground_lines_vanishing_point():
     down = open_scene.through(tilted, np.array([150.0, 94.0]), K)
     assert abs(open_scene.horizon_row(down, K, 150.0) - 94.0) < 0.01
     assert open_scene.through(tilted, np.array([150.0, 20.0]), K) is None  # too far apart: no compromise
+
+
+def test_ground_beyond_a_shadow_is_still_ground():
+    """A dark shadow band across the lawn cuts the far lawn off from the frame's bottom; the far lawn is the
+    same material as the near one, so it is ground too, not something standing."""
+    w, h = 320, 184
+    picture = np.zeros((h, w, 3), np.float32)
+    picture[:] = (200, 220, 245)
+    picture[h // 2:] = (110, 180, 90)
+    picture[120:130] = (40, 70, 35)  # the shadow of something out of the picture, across the whole lawn
+    picture += np.random.default_rng(0).normal(0, 4, picture.shape)
+    picture = np.clip(picture, 0, 255).astype(np.uint8)
+    K = intrinsics_from_fov(60.0, w, h)
+    reading = open_scene.read_picture(picture, K, detect_segments(picture), None, None, None, None)
+    labels = cv2.resize(reading.labels, (w, h), interpolation=cv2.INTER_NEAREST)
+    assert np.mean(labels[98:115] == open_scene.GROUND) > 0.9

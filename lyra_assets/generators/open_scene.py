@@ -235,7 +235,12 @@ def ground_segments(sp: Superpixels, horizon: np.ndarray, sky: np.ndarray, line_
     grown = _grow(sp, seeds, flat, 12.0)
     seed_lab = sp.lab[seeds]
     far_from_seeds = np.min(np.linalg.norm(sp.lab[:, None] - seed_lab[None], axis=-1), axis=1) > 30.0
-    return grown & ~far_from_seeds
+    grown &= ~far_from_seeds
+    # Beyond a shadow or through an arch the same ground goes on, cut off from the bottom edge: regions of
+    # one material with ground already found (within `same` delta E) grow from there.
+    same = 6.0
+    match = np.min(np.linalg.norm(sp.lab[:, None] - sp.lab[grown][None], axis=-1), axis=1) < same
+    return grown | _grow(sp, flat & match, flat, same)
 
 
 def vertical_segments(segments: np.ndarray, down: np.ndarray, K: np.ndarray,
