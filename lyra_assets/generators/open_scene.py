@@ -301,8 +301,10 @@ def standing_on_ground(sp: Superpixels, ground: np.ndarray, verticals: np.ndarra
     straight edge pointing at the vertical vanishing point is a vertical edge in the world, not a ground
     line that happens to point at the camera's foot. A ground material (a region of neighbours within
     step_delta_e) along such an edge that ends where the edge ends is the face of an object (a plinth, a
-    hedge); one that goes on above it is the ground behind. The main ground (the largest material) and any
-    material reaching the horizon stay ground. `verticals` at working scale."""
+    hedge); one that goes on above it is the ground behind. Besides the detected segments, the outlines of
+    near materials count where they run straight to the vertical vanishing point (vertical_sides). The main
+    ground (the material reaching farthest), materials of its colour and any material reaching the horizon
+    stay ground. `verticals` at working scale."""
     n = len(sp.area)
     material = np.full(n, -1)
     for start in np.flatnonzero(ground):
@@ -747,10 +749,7 @@ def wall_beyond_frame(k: int, popup: Popup, pixels: np.ndarray, K: np.ndarray, o
     # both from the stretch nearest the frame's edge (a street's next house looks like this one, not like
     # the one at the far end).
     nearest = known & (s_m > -max(3.0, 0.25 * seen_length))
-    if nearest.sum() >= 16:
-        known_near = nearest
-    else:
-        known_near = known
+    known_near = nearest if nearest.sum() >= 16 else known
     counts = known_near.sum(axis=1)
     have = np.flatnonzero(counts)
     sums = (colour.astype(np.float32) * known_near[..., None]).sum(axis=1) / np.maximum(counts, 1)[:, None]
