@@ -42,6 +42,7 @@ MESH_STEP = 3  # pop-up mesh spacing in working pixels; the alpha test keeps out
 DEPTH_CUT = 1.3  # a pop-up is cut where its depth changes by more than this factor between columns
 GROUND_TEXELS = 1024  # ground texture side
 DOME_SIZE = (256, 512)  # equirectangular dome texture (rows, columns)
+WALLED_SHARE = 0.6  # walled in, a dome row whose seen texels are more than this share standing things shows them
 
 
 @dataclass(frozen=True)
@@ -555,9 +556,10 @@ def lift(pixels: np.ndarray, K: np.ndarray, reading: Reading, camera_height: flo
 
     vertices, uv, faces, face_owner = popup_meshes(popups, K, down, s)
     ground = ground_texture(pixels, K, owner, down, right, forward, camera_height, far)
-    dome = dome_texture(pixels, K, owner, down, right, forward, ground.reshape(-1, 3).mean(axis=0))
     walls = [wall for k, popup in enumerate(popups)
              if (wall := wall_beyond_frame(k, popup, pixels, K, owner, down, right, forward, camera_height, far, s))]
+    walled_in = {popups[wall.popup].cols[0] == 0 for wall in walls} == {True, False}
+    dome = dome_texture(pixels, K, owner, down, right, forward, ground.reshape(-1, 3).mean(axis=0), walled_in)
     canvas, canvas_owner = pixels, owner
     if walls:
         canvas = np.vstack([pixels, *(w_.texture for w_ in walls)])
@@ -806,9 +808,12 @@ def ground_texture(pixels: np.ndarray, K: np.ndarray, owner: np.ndarray, down: n
 
 
 def dome_texture(pixels: np.ndarray, K: np.ndarray, owner: np.ndarray, down: np.ndarray, right: np.ndarray,
-                 forward: np.ndarray, ground_colour: np.ndarray) -> np.ndarray:
+                 forward: np.ndarray, ground_colour: np.ndarray, walled_in: bool = False) -> np.ndarray:
     """Equirectangular dome: what the concept image saw far away, the rest by elevation (a sky's colour
-    depends mostly on how high one looks) with the seen texture's detail continued."""
+    depends mostly on how high one looks) with the seen texture's detail continued. Walled in (walls run on
+    beyond both edges of the frame: a street, a canyon), an elevation that shows mostly standing things
+    shows them all round too: looking back down a street one sees more houses, not the slice of sky that
+    showed between the roofs ahead."""
     rows, cols = DOME_SIZE
     u, v = pixel_centres(cols, rows)
     lon, lat = u / cols * 2 * np.pi - np.pi, np.pi / 2 - v / rows * np.pi
@@ -816,23 +821,33 @@ def dome_texture(pixels: np.ndarray, K: np.ndarray, owner: np.ndarray, down: np.
             - np.sin(lat)[..., None] * down)
     pu, pv, who = _project(dirs, K, owner)
     known = who == FAR_OWNER
-    colour = cv2.remap(pixels, np.where(known, pu - 0.5, 0).astype(np.float32),
-                       np.where(known, pv - 0.5, 0).astype(np.float32), cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_REPLICATE)
+    colour, row_colour = _seen_by_elevation(pixels, pu, pv, known)
     if not known.any():
         seen = pixels[owner == FAR_OWNER] if (owner == FAR_OWNER).any() else pixels.reshape(-1, 3)
         return np.broadcast_to(np.median(seen, axis=0).astype(np.uint8), (rows, cols, 3)).copy()
     counts = known.sum(axis=1)
-    # The median, not the mean: texels along an outline carry some of the pop-up's colour.
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        row_colour = np.nanmedian(np.where(known[..., None], colour.astype(np.float32), np.nan), axis=1)
     have = np.flatnonzero(counts)
     row_colour = np.stack([np.interp(np.arange(rows), have, row_colour[have, k]) for k in range(3)], 1)
     # Below the horizon, where the picture saw nothing far away, the dome shows distant ground.
     row_colour[(lat[:, 0] < 0) & (counts == 0)] = ground_colour
+    if walled_in:
+        standing = who >= 0
+        walled = (lat[:, 0] > 0) & (standing.sum(axis=1) > WALLED_SHARE * (standing | known).sum(axis=1))
+        row_colour[walled] = _seen_by_elevation(pixels, pu, pv, standing)[1][walled]
     smooth = np.broadcast_to(row_colour[:, None], colour.shape).astype(np.float32)
     return continue_texture(colour, known, smooth)
+
+
+def _seen_by_elevation(pixels: np.ndarray, pu: np.ndarray, pv: np.ndarray,
+                       seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The concept image's colour at the dome texels where `seen`, and its median per dome row (nan where
+    a row saw none). The median, not the mean: texels along an outline carry the neighbour's colour."""
+    colour = cv2.remap(pixels, np.where(seen, pu - 0.5, 0).astype(np.float32),
+                       np.where(seen, pv - 0.5, 0).astype(np.float32), cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return colour, np.nanmedian(np.where(seen[..., None], colour.astype(np.float32), np.nan), axis=1)
 
 
 def inpainted(colour: np.ndarray, known: np.ndarray, factor: int = 8) -> np.ndarray:
