@@ -346,3 +346,24 @@ def test_ground_beyond_a_shadow_is_still_ground():
     reading = open_scene.read_picture(picture, K, detect_segments(picture), None, None, None, None)
     labels = cv2.resize(reading.labels, (w, h), interpolation=cv2.INTER_NEAREST)
     assert np.mean(labels[98:115] == open_scene.GROUND) > 0.9
+
+
+def test_walled_in_the_dome_behind_shows_walls_not_the_slice_of_sky():
+    """Brown walls fill the picture above the horizon but for a slice of sky in the middle: walled in (a
+    street whose walls run on beyond the frame), the dome behind the camera at those elevations is brown;
+    in the open it keeps the sky's colour."""
+    w, h = 320, 184
+    K = intrinsics_from_fov(60.0, w, h)
+    pixels = np.zeros((h, w, 3), np.uint8)
+    pixels[:] = (90, 90, 90)  # ground
+    owner = np.full((h, w), open_scene.GROUND_OWNER, np.int32)
+    pixels[: h // 2, :120], owner[: h // 2, :120] = (150, 80, 50), 0
+    pixels[: h // 2, 200:], owner[: h // 2, 200:] = (150, 80, 50), 1
+    pixels[: h // 2, 120:200], owner[: h // 2, 120:200] = (120, 170, 240), open_scene.FAR_OWNER
+    down = open_scene.down_from_horizon(h / 2, K)
+    right, forward = open_scene.ground_frame(down)
+    rows, cols = open_scene.DOME_SIZE
+    behind = (slice(rows // 2 - 20, rows // 2 - 5), slice(0, 10))  # 5-20 degrees up, straight back
+    for walled_in, colour in ((True, (150, 80, 50)), (False, (120, 170, 240))):
+        dome = open_scene.dome_texture(pixels, K, owner, down, right, forward, np.full(3, 90.0), walled_in)
+        assert np.abs(dome[behind].reshape(-1, 3).mean(axis=0) - colour).max() < 12, (walled_in, dome[behind].mean((0, 1)))
