@@ -348,7 +348,7 @@ def _integrate(tsdf, weight, colour, colour_weight, tiles, blocks, origin, voxel
                                 truncation, depth[f], rgb[f], guard[f])
 
 
-@numba.njit(inline="always", fastmath=True)
+@numba.njit(cache=True, fastmath=True)
 def _integrate_tile(tile_tsdf, tile_weight, tile_colour, tile_colour_weight, blocks, view, fx, fy, cx, cy, bx, by,
                     bz, voxel, truncation, depth, rgb, guard):
     """Fold one frame into one tile's band blocks, voxel by voxel (camera coordinates of its first voxel: bx,
