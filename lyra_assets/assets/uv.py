@@ -24,17 +24,24 @@ import scipy.sparse.csgraph
 import xatlas
 
 from ..errors import LyraAssetsError
-from .geometry import perpendicular, triangle_areas, unit
+from .geometry import face_normals, perpendicular, triangle_areas, unit
 
 # At most this many faces per chunk (about 600 on average). bench/bench_assets.py, 20k triangles of a fused
 # room: 1.2 s chunked against 14.7 s in one piece.
 CHUNK_FACES = 1000
+# Large flat regions (walls, floors) become one chart each, projected flat: chunks would cut them into
+# ragged pieces that pack badly (bench/bench_assets.py: 0.52 of the atlas filled, against 0.7 with them).
+PLANAR_DEGREES = 15.0  # a flat region's faces face its way within this: the projection shrinks areas <= 3.4 %
+NORMAL_BINS = 16  # bins along each side of the cube-map histogram that finds the dominant ways
+MAX_PLANES = 32  # dominant ways sought at most
 CHART_GAP_M = 1.0  # between charts laid out for the packing run (any gap will do)
 # Chart growing in one pass, without xatlas' seed-relocating iterations: half the time on fused rooms,
 # about as many charts (measured 390 against 378 on a 150k-triangle LOD0).
 CHART_ITERATIONS = 0
 PACKING_EFFICIENCY = 0.62  # share of the atlas the padded charts get: xatlas fit them at 0.67, not 0.7
 DENSITY_RETRY = 0.9  # if the charts overflow one atlas anyway, pack again at 90 % of the density
+DENSITY_GROW = 1.03  # once they fit, try 3 % more density, DENSITY_GROWTHS times
+DENSITY_GROWTHS = 3
 PACKING_TRIES = 12  # 0.9^12: down to 28 % of the estimate before giving up
 STUCK_TRIES = 3  # ... or sooner, once this many lower densities in a row overflow as many atlas pages
 # Small atlases (a low LOD's 64-256 px) may not hold the charts with their full gutters: try again with
@@ -97,8 +104,22 @@ class _Charts:
         faces = np.asarray(faces, np.int64)
         if len(faces) == 0:
             raise LyraAssetsError("UV unwrap: the mesh has no triangles")
-        self.source, self.faces, chart_uv = _charts(self.vertices, faces,
-                                                    _chunk_labels(self.vertices, faces, chunk_faces))
+        planes = _planar_regions(self.vertices, faces, chunk_faces)
+        curved = planes < 0
+        self.faces = np.empty_like(faces)
+        pieces = []
+        if curved.any():
+            pieces.append((curved, *_charts(self.vertices, faces[curved],
+                                            _chunk_labels(self.vertices, faces[curved], chunk_faces))))
+        if not curved.all():
+            pieces.append((~curved, *_planar_charts(self.vertices, faces[~curved], planes[~curved])))
+        sources, uvs, offset = [], [], 0
+        for members, source, split_faces, uv in pieces:
+            self.faces[members] = split_faces + offset
+            sources.append(source)
+            uvs.append(uv)
+            offset += len(source)
+        self.source, chart_uv = np.concatenate(sources), np.concatenate(uvs)
         self.charts = _chart_ids(self.faces, len(self.source))
         self.uv = _to_metres(chart_uv, self.faces, self.vertices[self.source], self.charts)
 
@@ -108,13 +129,71 @@ class _Charts:
             raise AtlasFull(f"UV unwrap: {n_charts:,} charts with {padding}-texel gutters cannot fit one "
                             f"{size}x{size} atlas; use a larger --texture-size")
         density = texels_per_metre or _fill_density(self.uv, self.faces, self.charts, size, padding)
-        packed_vertex, packed_faces, uv, density = _pack(self.uv, self.faces, size, padding, density)
+        packed_vertex, packed_faces, uv, density = _pack(self.uv, self.faces, size, padding, density,
+                                                         0 if texels_per_metre else DENSITY_GROWTHS)
         source = self.source[packed_vertex]
         return Atlas(self.vertices[source].astype(np.float32), packed_faces.astype(np.uint32),
                      uv.astype(np.float32), source, size, float(density), padding)
 
 
 # -- charts ------------------------------------------------------------------------------------------------
+
+
+def _planar_regions(vertices: np.ndarray, faces: np.ndarray, min_faces: int) -> np.ndarray:
+    """(F,) flat region of each face, or -1: at least min_faces connected faces facing one way.
+
+    The ways are the surface's dominant normals, found greedily: the mean normal of the fullest bin of a
+    normal histogram claims the faces within PLANAR_DEGREES of it; repeat.
+    """
+    normals = face_normals(vertices, faces)
+    area = np.linalg.norm(normals, axis=1)
+    normals = unit(normals)
+    near = math.cos(math.radians(PLANAR_DEGREES))
+    # histogram bins: the major axis and the two others' ratios to it, quantised
+    axis = np.argmax(np.abs(normals), axis=1)
+    major = normals[np.arange(len(faces)), axis]
+    ratios = np.stack([normals[np.arange(len(faces)), (axis + k) % 3] / major for k in (1, 2)], axis=1)
+    cell = ((axis * 2 + (major > 0)) * NORMAL_BINS + np.minimum(((ratios[:, 0] + 1) * NORMAL_BINS / 2).astype(int),
+            NORMAL_BINS - 1)) * NORMAL_BINS + np.minimum(((ratios[:, 1] + 1) * NORMAL_BINS / 2).astype(int),
+                                                         NORMAL_BINS - 1)
+    way = np.full(len(faces), -1)
+    for k in range(MAX_PLANES):
+        free = way < 0
+        weights = np.bincount(cell[free], area[free], 6 * NORMAL_BINS**2)
+        peak = cell == np.argmax(weights)
+        if not (peak & free).any():
+            break
+        direction = unit((normals[peak & free] * area[peak & free, None]).sum(axis=0))
+        claimed = free & (normals @ direction >= near)
+        if claimed.sum() < min_faces:
+            break
+        way[claimed] = k
+    pairs = _face_adjacency(faces)
+    pairs = pairs[(way[pairs[:, 0]] == way[pairs[:, 1]]) & (way[pairs[:, 0]] >= 0)]
+    graph = scipy.sparse.coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])),
+                                    shape=(len(faces),) * 2)
+    n, region = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    flat = (np.bincount(region, minlength=n) >= min_faces)[region] & (way >= 0)
+    return np.where(flat, region, -1)
+
+
+def _planar_charts(vertices: np.ndarray, faces: np.ndarray, regions: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One chart per flat region, projected onto the plane of its mean normal (metres): like _charts."""
+    normals = face_normals(vertices, faces)
+    order = np.argsort(regions, kind="stable")
+    bounds = np.flatnonzero(np.diff(regions[order])) + 1
+    sources, split_faces, uvs = [], np.empty_like(faces), []
+    offset = 0
+    for members in np.split(order, bounds):
+        used, local = np.unique(faces[members], return_inverse=True)
+        normal = unit(normals[members].sum(axis=0))
+        across = perpendicular(normal[None])[0]
+        basis = np.stack([across, np.cross(normal, across)], axis=1)  # (u, v, normal) right-handed
+        sources.append(used)
+        split_faces[members] = local.reshape(-1, 3) + offset
+        uvs.append(vertices[used] @ basis)
+        offset += len(used)
+    return np.concatenate(sources), split_faces, np.concatenate(uvs)
 
 
 def _chunk_labels(vertices: np.ndarray, faces: np.ndarray, chunk_faces: int) -> np.ndarray:
@@ -249,10 +328,14 @@ def _fill_density(uv: np.ndarray, faces: np.ndarray, charts: np.ndarray, size: i
     return (-b + math.sqrt(disc)) / (2 * a) if c < 0 else 0.1 * size / math.sqrt(area)
 
 
-def _pack(uv: np.ndarray, faces: np.ndarray, size: int, padding: int,
-          density: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(vertex of `uv` per packed vertex, packed faces, packed UVs in [0, 1], density used)."""
-    overflow, stuck = np.inf, 0
+def _pack(uv: np.ndarray, faces: np.ndarray, size: int, padding: int, density: float,
+          grow: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(vertex of `uv` per packed vertex, packed faces, packed UVs in [0, 1], density used).
+
+    grow: how many times to try a density DENSITY_GROW times higher once one fits (the estimate is
+    cautious); the densest layout that fits is kept.
+    """
+    overflow, stuck, fitted = np.inf, 0, None
     for _ in range(PACKING_TRIES):
         atlas = xatlas.Atlas()
         atlas.add_uv_mesh(uv.astype(np.float32), faces.astype(np.uint32))
@@ -264,13 +347,21 @@ def _pack(uv: np.ndarray, faces: np.ndarray, size: int, padding: int,
         atlas.generate(xatlas.ChartOptions(), options)
         if atlas.atlas_count == 1:
             vmap, index, packed = atlas[0]
-            return vmap.astype(np.int64), index.astype(np.int64), np.clip(packed, 0.0, 1.0), density
+            fitted = vmap.astype(np.int64), index.astype(np.int64), np.clip(packed, 0.0, 1.0), density
+        if fitted is not None:  # xatlas' packer is greedy: a higher density may fit where a lower did not
+            if grow == 0:
+                break
+            grow -= 1
+            density *= DENSITY_GROW
+            continue
         # Lower densities that free no atlas page: the gutters, not the charts, fill the atlas.
         stuck = stuck + 1 if atlas.atlas_count >= overflow else 0
         if stuck == STUCK_TRIES:
             break
         overflow = min(overflow, atlas.atlas_count)
         density *= DENSITY_RETRY
+    if fitted is not None:
+        return fitted
     raise AtlasFull(f"UV unwrap: the charts with their {padding}-texel gutters do not fit one {size}x{size} "
                     f"atlas at any density; use a larger --texture-size ({len(faces):,} triangles now)")
 
