@@ -149,13 +149,14 @@ def _planar_regions(vertices: np.ndarray, faces: np.ndarray, min_faces: int) -> 
     area = np.linalg.norm(normals, axis=1)
     normals = unit(normals)
     near = math.cos(math.radians(PLANAR_DEGREES))
-    # histogram bins: the major axis and the two others' ratios to it, quantised
+    # histogram bins (a cube map): the normal's major axis and side, and the two others' ratios to it
+    rows = np.arange(len(faces))
     axis = np.argmax(np.abs(normals), axis=1)
-    major = normals[np.arange(len(faces)), axis]
-    ratios = np.stack([normals[np.arange(len(faces)), (axis + k) % 3] / major for k in (1, 2)], axis=1)
-    cell = ((axis * 2 + (major > 0)) * NORMAL_BINS + np.minimum(((ratios[:, 0] + 1) * NORMAL_BINS / 2).astype(int),
-            NORMAL_BINS - 1)) * NORMAL_BINS + np.minimum(((ratios[:, 1] + 1) * NORMAL_BINS / 2).astype(int),
-                                                         NORMAL_BINS - 1)
+    major = normals[rows, axis]
+    side = np.where(major != 0, major, 1.0)  # a face without area has no normal: any bin, no weight
+    ratio = [np.clip(((normals[rows, (axis + k) % 3] / side + 1) * NORMAL_BINS / 2).astype(int), 0, NORMAL_BINS - 1)
+             for k in (1, 2)]
+    cell = ((axis * 2 + (major > 0)) * NORMAL_BINS + ratio[0]) * NORMAL_BINS + ratio[1]
     way = np.full(len(faces), -1)
     for k in range(MAX_PLANES):
         free = way < 0
