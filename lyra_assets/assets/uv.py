@@ -1,6 +1,9 @@
-"""UV atlas: xatlas charts computed chunk by chunk, packed into one square atlas; tangent frames from the UVs.
+"""UV atlas: flat regions projected, the rest charted by xatlas chunk by chunk, all packed into one square
+atlas; tangent frames from the UVs.
 
-xatlas' chart computation grows about as n^1.9 in the faces of one mesh (50k triangles: 46 s), so the mesh
+Large flat regions (walls, floors, ceilings: at least a chunk's worth of connected faces facing one way)
+become one chart each, projected onto their plane: whole, undistorted, and rectangles that pack well.
+xatlas' chart computation grows about as n^1.9 in the faces of one mesh (50k triangles: 46 s), so the rest
 is cut into spatial chunks of about CHUNK_FACES faces first and each chunk is charted on its own (xatlas
 charts the meshes of one atlas in parallel). Chunks are geodesic Voronoi regions around seeds spread by a
 median split: a plain spatial split leaves single faces hanging off every chunk's jagged border, and xatlas
@@ -9,7 +12,9 @@ turns each of those into a chart of its own (measured: 3x the charts).
 Packing is a second xatlas run on the charts alone (`add_uv_mesh`): first every chart is scaled to its
 true surface area (xatlas enlarges tiny charts when it packs, so the first run's layout has no common
 scale), then the texel density is chosen from the charts' areas and outlines so the padded charts fill one
-size x size atlas. With a fixed resolution xatlas guarantees the padding in texels of the final texture.
+size x size atlas; xatlas' packer is greedy, so a few higher densities are tried as well and the densest
+layout that fits is kept. With a fixed resolution xatlas guarantees the padding in texels of the final
+texture.
 
 Texture coordinates follow glTF: (0, 0) is the top-left texel and v grows downwards (row = v * size).
 """
