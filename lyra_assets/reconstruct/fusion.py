@@ -269,12 +269,16 @@ class _Volume:
         cubes[1:, 1:, 1:] = seen[:, :, 1:] & seen[:, :, :-1]
         del seen
         tsdf = _untile(self.tsdf)
-        if not (tsdf[cubes] < 0).any():
-            raise LyraAssetsError("fusion found no surface: the depth maps never agree on one; check the "
-                                  "walkthrough's depth (contact_sheet.png) and camera poses")
-        # 'descent' winds faces with normals towards higher values: the free space the cameras stood in.
-        index, faces, _, _ = marching_cubes(tsdf, level=0.0, mask=cubes, allow_degenerate=False,
-                                            gradient_direction="descent")
+        no_surface = LyraAssetsError("fusion found no surface: the depth maps never agree on one; check the "
+                                     "walkthrough's depth (contact_sheet.png) and camera poses")
+        if not tsdf.min() < 0:  # marching cubes would refuse a level outside the values
+            raise no_surface
+        try:
+            # 'descent' winds faces with normals towards higher values: the free space the cameras stood in
+            index, faces, _, _ = marching_cubes(tsdf, level=0.0, mask=cubes, allow_degenerate=False,
+                                                gradient_direction="descent")
+        except RuntimeError:  # no observed cube holds the level
+            raise no_surface from None
         del tsdf, cubes
         rgb = self._vertex_colours(index)
         rgba = np.concatenate([np.clip(rgb + 0.5, 0, 255), np.full((len(rgb), 1), 255.0)], axis=1)
