@@ -347,8 +347,9 @@ def _integrate(tsdf, weight, colour, colour_weight, tiles, blocks, origin, voxel
                         or fy * my + cy * mz < -radius * top or (height - cy) * mz - fy * my < -radius * bottom
                         or mz < -radius or far[f] - mz < -radius):
                     continue
-                _integrate_tile(tsdf[ti, tj, tk], weight[ti, tj, tk], colour[ti, tj, tk],
-                                colour_weight[ti, tj, tk], blocks[n], view, fx, fy, cx, cy, bx, by, bz, voxel,
+                # one flat index per voxel instead of three (each would be checked for wrapping round)
+                _integrate_tile(tsdf[ti, tj, tk].reshape(-1), weight[ti, tj, tk].reshape(-1),
+                                colour[ti, tj, tk].reshape(-1, 3), colour_weight[ti, tj, tk].reshape(-1), blocks[n], view, fx, fy, cx, cy, bx, by, bz, voxel,
                                 truncation, depth[f], rgb[f], guard[f])
 
 
@@ -374,6 +375,7 @@ def _integrate_tile(tile_tsdf, tile_weight, tile_colour, tile_colour_weight, blo
             for b in range(b0, b0 + BLOCK):
                 px, py, pz = bx + a * ax + b * sbx, by + a * ay + b * sby, bz + a * az + b * sbz
                 for c in range(c0, c0 + BLOCK):
+                    i = (a * TILE + b) * TILE + c
                     zc = pz + c * sz
                     if zc <= 1e-6:
                         continue
@@ -404,15 +406,15 @@ def _integrate_tile(tile_tsdf, tile_weight, tile_colour, tile_colour_weight, blo
                     # float32 throughout, as stored: no conversions in the innermost updates. A running mean
                     # moves towards the new value by 1 / (views so far + 1).
                     t = np.float32(min(1.0, sdf / truncation))
-                    w = tile_weight[a, b, c]
-                    tile_tsdf[a, b, c] += (t - tile_tsdf[a, b, c]) / (w + one)
-                    tile_weight[a, b, c] = w + one
+                    w = tile_weight[i]
+                    tile_tsdf[i] += (t - tile_tsdf[i]) / (w + one)
+                    tile_weight[i] = w + one
                     if t < one:  # the pixel's colour is this voxel's only near the surface the pixel shows
-                        w = tile_colour_weight[a, b, c]
+                        w = tile_colour_weight[i]
                         step = one / (w + one)
                         for ch in range(3):
-                            tile_colour[a, b, c, ch] += (rgb[row, col, ch] - tile_colour[a, b, c, ch]) * step
-                        tile_colour_weight[a, b, c] = w + one
+                            tile_colour[i, ch] += (rgb[row, col, ch] - tile_colour[i, ch]) * step
+                        tile_colour_weight[i] = w + one
 
 
 @numba.njit(inline="always", fastmath=True)
