@@ -44,9 +44,13 @@ CHART_GAP_M = 1.0  # between charts laid out for the packing run (any gap will d
 # about as many charts (measured 390 against 378 on a 150k-triangle LOD0).
 CHART_ITERATIONS = 0
 PACKING_EFFICIENCY = 0.62  # share of the atlas the padded charts get: xatlas fit them at 0.67, not 0.7
-DENSITY_RETRY = 0.9  # if the charts overflow one atlas anyway, pack again at 90 % of the density
-DENSITY_GROW = 1.03  # once they fit, try 3 % more density, DENSITY_GROWTHS times
-DENSITY_GROWTHS = 3
+# The estimate fits (nearly) always, and so does 9-12 % more density (bench/bench_assets.py, LOD0 to LOD3;
+# xatlas' packer is greedy, so not every density in between): the first try is 12.5 % above it, lowered in
+# 3 % steps down to the estimate.
+DENSITY_HEADROOM = 1.125
+DENSITY_STEP = 0.97
+DENSITY_STEPS = 4
+DENSITY_RETRY = 0.9  # then, if the charts still overflow one atlas, pack again at 90 % of the density
 PACKING_TRIES = 12  # 0.9^12: down to 28 % of the estimate before giving up
 STUCK_TRIES = 3  # ... or sooner, once this many lower densities in a row overflow as many atlas pages
 # Small atlases (a low LOD's 64-256 px) may not hold the charts with their full gutters: try again with
@@ -133,9 +137,13 @@ class _Charts:
         if n_charts * (padding + 1) ** 2 > size * size:  # even charts of one texel would overflow: say so now
             raise AtlasFull(f"UV unwrap: {n_charts:,} charts with {padding}-texel gutters cannot fit one "
                             f"{size}x{size} atlas; use a larger --texture-size")
-        density = texels_per_metre or _fill_density(self.uv, self.faces, self.charts, size, padding)
+        if texels_per_metre:
+            density, fine_steps = texels_per_metre, 0
+        else:
+            density = DENSITY_HEADROOM * _fill_density(self.uv, self.faces, self.charts, size, padding)
+            fine_steps = DENSITY_STEPS
         packed_vertex, packed_faces, uv, density = _pack(self.uv, self.faces, size, padding, density,
-                                                         0 if texels_per_metre else DENSITY_GROWTHS)
+                                                         fine_steps)
         source = self.source[packed_vertex]
         return Atlas(self.vertices[source].astype(np.float32), packed_faces.astype(np.uint32),
                      uv.astype(np.float32), source, size, float(density), padding)
@@ -335,14 +343,13 @@ def _fill_density(uv: np.ndarray, faces: np.ndarray, charts: np.ndarray, size: i
 
 
 def _pack(uv: np.ndarray, faces: np.ndarray, size: int, padding: int, density: float,
-          grow: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+          fine_steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(vertex of `uv` per packed vertex, packed faces, packed UVs in [0, 1], density used).
 
-    grow: how many times to try a density DENSITY_GROW times higher once one fits (the estimate is
-    cautious); the densest layout that fits is kept.
+    The first `fine_steps` densities that overflow are lowered by DENSITY_STEP, the next by DENSITY_RETRY.
     """
-    overflow, stuck, fitted = np.inf, 0, None
-    for _ in range(PACKING_TRIES):
+    overflow, stuck = np.inf, 0
+    for tries in range(PACKING_TRIES):
         atlas = xatlas.Atlas()
         atlas.add_uv_mesh(uv.astype(np.float32), faces.astype(np.uint32))
         options = xatlas.PackOptions()
@@ -353,21 +360,13 @@ def _pack(uv: np.ndarray, faces: np.ndarray, size: int, padding: int, density: f
         atlas.generate(xatlas.ChartOptions(), options)
         if atlas.atlas_count == 1:
             vmap, index, packed = atlas[0]
-            fitted = vmap.astype(np.int64), index.astype(np.int64), np.clip(packed, 0.0, 1.0), density
-        if fitted is not None:  # xatlas' packer is greedy: a higher density may fit where a lower did not
-            if grow == 0:
-                break
-            grow -= 1
-            density *= DENSITY_GROW
-            continue
+            return vmap.astype(np.int64), index.astype(np.int64), np.clip(packed, 0.0, 1.0), density
         # Lower densities that free no atlas page: the gutters, not the charts, fill the atlas.
         stuck = stuck + 1 if atlas.atlas_count >= overflow else 0
         if stuck == STUCK_TRIES:
             break
         overflow = min(overflow, atlas.atlas_count)
-        density *= DENSITY_RETRY
-    if fitted is not None:
-        return fitted
+        density *= DENSITY_STEP if tries < fine_steps else DENSITY_RETRY
     raise AtlasFull(f"UV unwrap: the charts with their {padding}-texel gutters do not fit one {size}x{size} "
                     f"atlas at any density; use a larger --texture-size ({len(faces):,} triangles now)")
 
