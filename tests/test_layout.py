@@ -367,3 +367,17 @@ def test_walled_in_the_dome_behind_shows_walls_not_the_slice_of_sky():
     for walled_in, colour in ((True, (150, 80, 50)), (False, (120, 170, 240))):
         dome = open_scene.dome_texture(pixels, K, owner, down, right, forward, np.full(3, 90.0), walled_in)
         assert np.abs(dome[behind].reshape(-1, 3).mean(axis=0) - colour).max() < 12, (walled_in, dome[behind].mean((0, 1)))
+
+
+def test_a_streets_vanishing_point_is_where_its_ground_lines_cross_the_horizon():
+    """Kerbs below the horizon recede to (150, 90); two shadow edges on a far facade meet elsewhere and a
+    noisy overall meeting point lies off the horizon: the street's point is the kerbs' crossing."""
+    K = intrinsics_from_fov(60.0, 320, 184)
+    down = open_scene.down_from_horizon(90.0, K)
+    kerbs = [(0.0, 160.0), (20.0, 184.0), (300.0, 170.0), (320.0, 140.0)]
+    ground = [(x, y, x + 0.3 * (150 - x), y + 0.3 * (90 - y)) for x, y in kerbs]
+    shadows = [(120.0, 60.0, 128.0, 40.0), (130.0, 70.0, 140.0, 50.0)]
+    found = open_scene.street_vanishing_point(np.array(ground + shadows), down, K, np.array([120.0, 100.0]))
+    assert np.allclose(found, [150.0, 90.0], atol=0.5), found
+    too_few = open_scene.street_vanishing_point(np.array(ground[:2] + shadows), down, K, np.array([120.0, 100.0]))
+    assert np.allclose(too_few, [120.0, 90.0], atol=0.5), too_few

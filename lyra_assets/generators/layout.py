@@ -189,7 +189,9 @@ def fit_layout(pixels: np.ndarray, preset: Preset, hints: LayoutHints) -> Layout
             elif sky >= SKY_FRACTION:
                 case, why = "outdoor", f"{100 * sky:.1f}% of the picture is sky"
                 if vp is not None and sky < STREET_SKY:
-                    street, why = vp, why + " between walls receding to a vanishing point: a street, open above"
+                    street = (vp if hints.vanishing_point is not None
+                              else open_scene.street_vanishing_point(segments, reading.down, K, vp))
+                    why += " between walls receding to a vanishing point: a street, open above"
             elif vp is not None or hints.back_wall is not None:
                 case, why = "room", "no sky, and receding lines meet at a vanishing point"
             else:

@@ -454,6 +454,29 @@ class Popup:
     grounded: np.ndarray  # per column of `cols`: whether the picture shows its foot on the ground
 
 
+def street_vanishing_point(segments: np.ndarray, down: np.ndarray, K: np.ndarray,
+                           vanishing_point: np.ndarray) -> np.ndarray:
+    """A street's vanishing point on the horizon: where the ground lines (receding segments wholly below
+    the horizon: kerbs, the walls' feet) cross it, the length-weighted median. The meeting point of all
+    segments need not lie on the horizon (lines on the facades, cast shadows); the street's does. With
+    fewer than three ground lines, `vanishing_point` moved onto the horizon."""
+    horizon = np.linalg.inv(K).T @ down  # the image line of directions perpendicular to down
+    dx, dy = segments[:, 2] - segments[:, 0], segments[:, 3] - segments[:, 1]
+    receding = (np.abs(dy) > np.tan(np.radians(8)) * np.abs(dx)) & (np.abs(dx) > np.tan(np.radians(8)) * np.abs(dy))
+    below = np.minimum(segments[:, 1], segments[:, 3]) > horizon_row(down, K, (segments[:, 0] + segments[:, 2]) / 2)
+    ground = segments[receding & below]
+    if len(ground) >= 3:
+        meets = np.cross(np.cross(np.c_[ground[:, :2], np.ones(len(ground))], np.c_[ground[:, 2:], np.ones(len(ground))]),
+                         horizon)
+        x = meets[:, 0] / meets[:, 2]
+        order = np.argsort(x)
+        weight = np.hypot(dx, dy)[receding & below][order]
+        u = float(x[order][np.searchsorted(np.cumsum(weight), weight.sum() / 2)])
+    else:
+        u = float(vanishing_point[0])
+    return np.array([u, float(horizon_row(down, K, u))])
+
+
 def street_wall_feet(labels: np.ndarray, vanishing_point: np.ndarray, share: float = 0.9) -> np.ndarray:
     """Per working column, the row of a street's wall foot, or nan: on each side of the vanishing point the
     walls run along the view, so their feet lie on a line through it. Of the feet seen on the ground in the
