@@ -6,6 +6,7 @@ The command line, the drop-folder daemon and the Blender add-on all call these f
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import tempfile
@@ -34,6 +35,8 @@ from .provenance import Provenance
 from .settings import TABLES
 from .reconstruct.fusion import fuse
 from .walkthrough import Walkthrough
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 
 
 MESH_OPTIONS = tuple(TABLES)  # what `mesh` may change of a saved walkthrough's job
@@ -249,6 +252,7 @@ def _saved_walk(folder: Path, spec: JobSpec) -> Walkthrough | None:
 
 def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, name: str, provenance: Provenance,
                 force: bool, progress: Progress) -> BuildResult:
+    _return_freed_memory()
     spec = provenance.spec()
     timings = dict(walkthrough.info.get("timings_s", {}))
 
@@ -317,6 +321,16 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
     manifest_path = folder / "manifest.json"
     write_json_atomically(manifest_path, manifest)
     return BuildResult(glb, manifest_path, preview, walkthrough_dir, manifest, usd[0] if usd else None)
+
+
+def _return_freed_memory() -> None:
+    """Have glibc hand freed blocks of 1 MB and more back to the system at once. By default it keeps blocks
+    of up to 32 MB for reuse, and after fusion and during the bake those held 0.2 GB at 481 frames, on top
+    of the walkthrough. Other C libraries: nothing changes."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass
 
 
 def _with_walkthrough_saved(walkthrough: Walkthrough, target: Path, force: bool, progress: Progress,

@@ -43,7 +43,8 @@ SORT_CELL_M = 0.1  # texels are processed in runs of about this cell size (see `
 BLOCK_TEXELS = 512  # the albedo gather picks frames per block of this many (spatially sorted) texels
 MAX_VIEWS = 8  # frames that colour one block, the best-seeing ones (`_gather`); on the 121-frame bench
 #               room 8 views give 46.1 dB against 46.4 dB for 16, at half the time
-CHUNK_TEXELS = 1 << 18  # texels baked at once (whole BLOCK_TEXELS blocks): about 65 MB of per-texel data
+CHUNK_TEXELS = 1 << 17  # texels baked at once (whole BLOCK_TEXELS blocks): about 32 MB of per-texel
+#                        data, a chunk in flight per core
 
 # -- texels ------------------------------------------------------------------------------------------------
 
