@@ -3,7 +3,7 @@
 numba compiles a kernel the first time a process runs it and keeps the machine code in NUMBA_CACHE_DIR
 (~/.cache/lyra-assets/numba unless the user set one: see __init__.py), from which later processes load it
 in milliseconds. That folder is the user's, so a read-only install works. Compiling all the kernels costs
-about 10 s of CPU once per machine, user and version; the warm-up pays it at set-up instead of in the
+about 15 s of CPU once per machine, user and version; the warm-up pays it at set-up instead of in the
 user's first build (bench/bench_build.py measures both).
 
 It runs tiny jobs through the same stage functions a build calls (a room and an open scene from the layout
@@ -42,10 +42,10 @@ def warm_up(progress: Progress = silent) -> WarmUp:
     """Compile (or load) every kernel a build may run, into the user's numba cache."""
     from numba.core import event
 
+    from .assets.level import make_level_asset
     from .generators.memory import PointMemory
     from .job import resolve_job
     from .pipeline import walk
-    from .assets.level import make_level_asset
     from .reconstruct.fusion import fuse
 
     compiled: list[str] = []

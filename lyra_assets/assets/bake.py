@@ -500,7 +500,9 @@ def _nearest_covered(covered: np.ndarray) -> tuple[np.ndarray, np.ndarray] | Non
     if covered.all() or not covered.any():
         return None
     empty = (~covered).astype(np.uint8)  # distance transform measures the way to the nearest zero
-    _, labels = cv2.distanceTransformWithLabels(empty, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-    holes = np.flatnonzero(empty.ravel())
-    sources = np.flatnonzero(covered.ravel())  # labels number the zero pixels in raster order from 1
-    return holes, sources[labels.ravel()[holes] - 1]
+    # only the labels are kept (not the distances), and indices as int32: at 4096² these are the bake's
+    # largest arrays
+    labels = cv2.distanceTransformWithLabels(empty, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)[1].ravel()
+    holes = np.flatnonzero(empty.ravel()).astype(np.int32)
+    sources = np.flatnonzero(covered.ravel()).astype(np.int32)  # labels count these in raster order from 1
+    return holes, sources[labels[holes] - 1]
