@@ -124,19 +124,21 @@ def test_khronos_validator_reports_no_errors_or_warnings(exported):
     assert report["info"]["totalTriangleCount"] == sum(summary["triangles"]) + summary["collider_triangles"]
 
 
-def test_blender_plain_import_puts_lod0_alone_under_the_root_and_no_collider(exported):
+def test_blender_plain_import_shows_lod0_alone_under_the_root_and_no_collider(exported):
     asset, path, _ = exported
     summary = clients.blender_import(path)
     assert summary["result"] == ["FINISHED"]
     objects = {o["name"]: o for o in summary["objects"]}
     lods = [f"atrium_LOD{i}" for i in range(4)]
     # The collider is no node, so Blender makes no object of it; LOD0 is the root's only child. Blender
-    # imports every node, so the file's second scene (LOD1..n, reached through MSFT_lod) becomes a
-    # collection of its own: still shown, away from the asset (the add-on gathers them under the root).
+    # imports every node: the file's second scene (LOD1..n, reached through MSFT_lod) becomes a collection
+    # of its own, which the importer excludes from the view layer as it does every scene but the default
+    # one. So only LOD0 is shown (the add-on gathers all levels under the root).
     assert set(objects) == {"atrium", *lods}
     assert objects["atrium"]["type"] == "EMPTY"
     assert objects["atrium"]["custom_properties"]["job_key"] == EXTRAS["job_key"]
     assert [name for name, o in objects.items() if o["parent"] == "atrium"] == ["atrium_LOD0"]
+    assert [name for name, o in objects.items() if o["visible"]] == ["atrium", "atrium_LOD0"]
     for name in lods[1:]:
         assert objects[name]["parent"] is None
         assert objects[name]["collections"] == ["atrium lower LODs (MSFT_lod)"]

@@ -6,11 +6,9 @@ simplifier goes first; where the mesh's open borders (holes fusion left) stop it
 sloppy mode (vertex clustering, which ignores topology) takes over, since a collider needs the shape of
 the walkable space, not a clean surface.
 
-A camera of the walkthrough stands on floor, yet the floor right under it may be in no view (a forward walk
-never looks straight down at where it started). When a ray down from some camera meets nothing, one
-rectangle of floor at the height of the collider's floor is added under the whole path (its cameras'
-extent, ROBOT_RADIUS_M wider), so a robot spawned at a camera stands on floor that reaches the seen floor;
-the collider's notes say how many cameras had none.
+The floor under the spawn is laid before this stage, on the fused mesh itself (assets/spawn.py), so what
+a robot stands on is also what is drawn. Given the walkthrough's cameras, the collider's notes say how many
+of them have no floor under them: a ray down meets nothing (places a robot should not be put).
 """
 from __future__ import annotations
 
@@ -22,54 +20,37 @@ from .lod import compact, simplify
 
 SLOPPY_WHEN_OVER = 1.5  # quality simplification ending above 1.5x the budget hands over to sloppy mode
 DOWN = np.array([0.0, 1.0, 0.0])  # OpenCV axes: y points down
-FLOOR_MAX_SLOPE_DEG = 20.0  # steeper triangles are walls or ramps, not the floor to fit
-LEVEL_GAP_M = 0.3  # a floor's (a ceiling's) triangles lie at least this far below (above) the cameras
-ROBOT_RADIUS_M = 0.5  # the added floor reaches this far beyond the cameras
+LEVEL_MAX_SLOPE_DEG = 20.0  # steeper triangles are walls or ramps, not a ceiling
+LEVEL_GAP_M = 0.3  # a ceiling's triangles lie at least this far above the spawn
 
 
 def make_collider(vertices: np.ndarray, faces: np.ndarray, target_triangles: int = 2000,
                   cameras: np.ndarray | None = None) -> Collider:
     """A low-triangle mesh following the surface of `vertices`/`faces` (a welded mesh, OpenCV axes); given the
-    `cameras` (N, 3 positions), with floor under their path where a camera has none."""
+    `cameras` (N, 3 positions), notes counting those with no floor under them."""
     vertices = np.ascontiguousarray(vertices, np.float32)
     kept = simplify(vertices, faces, target_triangles)
     if len(kept) > SLOPPY_WHEN_OVER * target_triangles:
         kept = _sloppy(vertices, kept, target_triangles)
     used, renumbered = compact(kept)
     collider = Collider(vertices[used], renumbered.astype(np.uint32))
-    return collider if cameras is None else _floor_under(collider, np.asarray(cameras, np.float64))
+    if cameras is None:
+        return collider
+    cameras = np.unique(np.asarray(cameras, np.float64).round(3), axis=0)
+    bare = sum(ray_distance(collider.vertices, collider.faces, c, DOWN) is None for c in cameras)
+    return Collider(collider.vertices, collider.faces, {"cameras_without_floor": int(bare)})
 
 
-def _floor_under(collider: Collider, cameras: np.ndarray) -> Collider:
-    cameras = np.unique(cameras.round(3), axis=0)
-    bare = [c for c in cameras if ray_distance(collider.vertices, collider.faces, c, DOWN) is None]
-    height = _level_height(collider, cameras, below=True)
-    notes = {"cameras_without_floor": len(bare)}
-    if not bare or height is None:
-        return Collider(collider.vertices, collider.faces, notes)
-    ground = cameras[:, [0, 2]]
-    (x0, z0), (x1, z1) = ground.min(axis=0) - ROBOT_RADIUS_M, ground.max(axis=0) + ROBOT_RADIUS_M
-    # Wound so the rectangle faces up (-y): counter-clockwise seen from above.
-    corners = np.array([[x0, height, z0], [x1, height, z0], [x1, height, z1], [x0, height, z1]])
-    faces = np.array([[0, 1, 2], [0, 2, 3]]) + len(collider.vertices)
-    notes["floor_added_m"] = round(float(height), 4)
-    return Collider(np.vstack([collider.vertices, corners]).astype(np.float32),
-                    np.vstack([collider.faces, faces]).astype(np.uint32), notes)
-
-
-def _level_height(collider: Collider, cameras: np.ndarray, below: bool) -> float | None:
-    """The area-weighted median height (y) of the collider's near-level triangles below the cameras (the
-    floor) or above them (the ceiling); None when there are none."""
+def _ceiling_height(collider: Collider) -> float | None:
+    """The area-weighted median height (y) of the collider's near-level triangles above the spawn (the
+    ceiling); None when there are none."""
     v = np.asarray(collider.vertices, np.float64)[collider.faces]
     normal = np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
     area = np.linalg.norm(normal, axis=1)
     height = v[:, :, 1].mean(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        level = np.abs(normal[:, 1]) / area >= np.cos(np.radians(FLOOR_MAX_SLOPE_DEG))
-    if below:
-        chosen = level & (height > cameras[:, 1].max() + LEVEL_GAP_M)
-    else:
-        chosen = level & (height < cameras[:, 1].min() - LEVEL_GAP_M)
+        level = np.abs(normal[:, 1]) / area >= np.cos(np.radians(LEVEL_MAX_SLOPE_DEG))
+    chosen = level & (height < -LEVEL_GAP_M)  # the spawn is the origin; y points down
     if not chosen.any():
         return None
     order = np.argsort(height[chosen])
@@ -123,7 +104,7 @@ def spawn_clearance(collider: Collider) -> dict[str, float | str | None]:
         slope = np.degrees(np.arccos(min(1.0, abs(normal @ DOWN) / np.linalg.norm(normal))))
         clearance.update(floor_distance_m=round(floor[0], 4), floor_slope_deg=round(float(slope), 2))
     ceiling = ray_distance(collider.vertices, collider.faces, spawn, -DOWN)
-    level = None if ceiling is not None else _level_height(collider, spawn[None], below=False)
+    level = None if ceiling is not None else _ceiling_height(collider)
     if ceiling is not None:
         clearance.update(ceiling_distance_m=round(ceiling[0], 4), ceiling_from="ray")
     elif level is not None:
