@@ -14,7 +14,8 @@ threads and the ffmpeg it starts) are its own. What it prints:
 - first build / warm build, wall and CPU, in a fresh environment: an empty numba cache folder
   (NUMBA_CACHE_DIR set to a new temporary folder, as for a user who never ran lyra-assets), then the
   README's set-up step `lyra-assets warm-up` (its own wall and CPU printed), then the build; goal <= 1.2x.
-  Also the same first build without the warm-up step (it compiles what it uses), for comparison;
+  Also the same first build without the warm-up step (it compiles what it uses), for comparison. CPU
+  ratios hold on a busy machine; wall ratios follow its load;
 - peak RSS at each --frames at 2048² (goal: 481 frames <= 2.0 GB) and at 121 frames at --big-texture
   (goal <= 2.5 GB);
 - each stage against its reference tool, from bench_fusion.py (Open3D's VoxelBlockGrid, CPU seconds) and
@@ -123,10 +124,11 @@ def main() -> None:
         scratch = Path(scratch_dir)
         fresh = {"NUMBA_CACHE_DIR": str(scratch / "fresh-cache")}  # a user who never ran lyra-assets
         set_up = warm_up(fresh)  # the README's set-up step
+        warm_up()  # the user's own cache
+        # the warm build and the first one side by side, so that a shared machine's load changes little
+        warm = run_child(121, 2048, scratch)
         first = run_child(121, 2048, scratch, fresh)
         bare = run_child(121, 2048, scratch, {"NUMBA_CACHE_DIR": str(scratch / "bare-cache")})  # no warm-up
-        warm_up()  # the user's own cache
-        warm = run_child(121, 2048, scratch)
         print("\nbuild, example corridor, walk_forward: 121 frames at 832x480 -> GLB, 4 LODs, 2048² textures")
         for stage in ("generate", "walk_total", "fuse", "assets", "export"):
             print(f"  {stage:<11} {warm['timings'].get(stage, float('nan')):7.2f} s")
