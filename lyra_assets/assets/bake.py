@@ -19,7 +19,6 @@ the same holds for texels, with u = (col + 0.5) / size, v = (row + 0.5) / size.
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -241,7 +240,9 @@ def bake_level(layout: TexelLayout, surface: Surface, walk: Walkthrough | None,
             albedo.put(tex.index, *views.colour(hit))
         return stop
 
-    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+    # As many threads as numba's parallel kernels use. map() cancels the chunks not started when one fails or
+    # the bake is interrupted (Ctrl-C), so a cancel waits for the running chunks only.
+    with ThreadPoolExecutor(numba.get_num_threads()) as pool:
         for stop in pool.map(bake_chunk, range(0, total, chunk_texels)):  # in order, from this thread
             progress(stop, total)
     covered = layout.covered
