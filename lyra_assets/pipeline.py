@@ -7,13 +7,15 @@ The command line, the drop-folder daemon and the Blender add-on all call these f
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
+import inspect
 import json
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -35,8 +37,11 @@ from .provenance import Provenance
 from .settings import TABLES
 from .reconstruct.fusion import fuse
 from .walkthrough import Walkthrough
+from .warmup import compiles_reported
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+COMPILE_NOTE = " (once; `lyra-assets warm-up` compiles them all ahead)"
+T = TypeVar("T")
 
 
 MESH_OPTIONS = tuple(TABLES)  # what `mesh` may change of a saved walkthrough's job
@@ -64,6 +69,21 @@ class BuildResult:
                 "walkthrough": str(self.walkthrough_dir)}
 
 
+def _compiles_reported(stages: Callable[..., T]) -> Callable[..., T]:
+    """The numba kernels these stages compile show as progress: seconds each, where a bar would seem stuck.
+    None do once `lyra-assets warm-up` ran (warmup.py)."""
+    parameters = inspect.signature(stages)
+
+    @functools.wraps(stages)
+    def run(*args: Any, **kwargs: Any) -> T:
+        progress = parameters.bind(*args, **kwargs).arguments.get("progress", silent)
+        with compiles_reported(progress, note=COMPILE_NOTE):
+            return stages(*args, **kwargs)
+
+    return run
+
+
+@_compiles_reported
 def walk(spec: JobSpec, progress: Progress = silent) -> Walkthrough:
     """Run the job's generator along the preset's (or the given) camera path."""
     _one_malloc_arena()
@@ -251,6 +271,7 @@ def _saved_walk(folder: Path, spec: JobSpec) -> Walkthrough | None:
     return Walkthrough.load(folder)
 
 
+@_compiles_reported
 def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, name: str, provenance: Provenance,
                 force: bool, progress: Progress) -> BuildResult:
     _one_malloc_arena()

@@ -15,8 +15,10 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -40,29 +42,15 @@ class WarmUp:
 
 def warm_up(progress: Progress = silent) -> WarmUp:
     """Compile (or load) every kernel a build may run, into the user's numba cache."""
-    from numba.core import event
-
     from .assets.level import make_level_asset
     from .generators.memory import PointMemory
     from .job import resolve_job
     from .pipeline import walk
     from .reconstruct.fusion import fuse
 
-    compiled: list[str] = []
-
-    class Compiles(event.Listener):
-        def on_start(self, ev: event.Event) -> None:
-            function = ev.data["dispatcher"].py_func
-            if function.__module__.startswith(__package__):  # not numba's own helpers compiled along
-                compiled.append(f"{function.__module__}.{function.__qualname__}")
-                progress("warm-up", len(compiled), len(compiled) + 1, f"compiling {function.__qualname__}")
-
-        def on_end(self, ev: event.Event) -> None:
-            pass
-
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lyra-assets-warm-up-") as scratch, \
-            event.install_listener("numba:compile", Compiles()):
+            compiles_reported(progress, "warm-up") as compiled:
         for name, layout, paint in (("room", ROOM, _room_picture), ("outdoor", OUTDOOR, _outdoor_picture)):
             image = Path(scratch) / f"{name}.png"
             cv2.imwrite(str(image), paint()[:, :, ::-1])
@@ -77,6 +65,28 @@ def warm_up(progress: Progress = silent) -> WarmUp:
         memory.render(path.K[1], path.c2w[1], path.width, path.height)
     progress("warm-up", 1, 1, f"{len(compiled)} kernels compiled" if compiled else "every kernel was compiled")
     return WarmUp(compiled, time.perf_counter() - started, os.environ.get("NUMBA_CACHE_DIR", ""))
+
+
+@contextmanager
+def compiles_reported(progress: Progress, stage: str = "compile", note: str = "") -> Iterator[list[str]]:
+    """Within: each of our kernels that numba compiles (rather than loads from the cache) is reported as
+    progress (stage, n, n + 1, "compiling NAME" + note) and added to the list yielded."""
+    from numba.core import event
+
+    compiled: list[str] = []
+
+    class Compiles(event.Listener):
+        def on_start(self, ev: event.Event) -> None:
+            function = ev.data["dispatcher"].py_func
+            if function.__module__.startswith(__package__):  # not numba's own helpers compiled along
+                compiled.append(f"{function.__module__}.{function.__qualname__}")
+                progress(stage, len(compiled), len(compiled) + 1, f"compiling {function.__qualname__}{note}")
+
+        def on_end(self, ev: event.Event) -> None:
+            pass
+
+    with event.install_listener("numba:compile", Compiles()):
+        yield compiled
 
 
 def _room_picture() -> np.ndarray:

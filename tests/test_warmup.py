@@ -30,9 +30,10 @@ class Compiles(event.Listener):
 event.register("numba:compile", Compiles())
 out = sys.argv[2]
 options = {"path": {"frames": 5}, "camera": {"width": 208, "height": 120}, "assets": {"texture_size": 512}}
-result = build(sys.argv[1], "walk_forward", out + "/built", options=options)
+stages = set()
+result = build(sys.argv[1], "walk_forward", out + "/built", options=options, progress=lambda *e: stages.add(e[0]))
 mesh(result.walkthrough_dir, out + "/meshed", options={"assets": {"texture_size": 512}})
-print(json.dumps(compiled))
+print(json.dumps({"compiled": compiled, "stages": sorted(stages)}))
 """
 
 
@@ -52,7 +53,9 @@ def test_warm_up_fills_an_empty_cache_and_the_first_build_compiles_nothing(examp
     first = subprocess.run([sys.executable, "-c", FIRST_BUILD, str(example_image), str(tmp_path / "out")],
                            env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout.splitlines()[-1]) == []  # loaded from the cache, none compiled
+    built = json.loads(first.stdout.splitlines()[-1])
+    assert built["compiled"] == []  # loaded from the cache, none compiled
+    assert "bake" in built["stages"] and "compile" not in built["stages"]  # so no compile progress either
     # and nothing was written next to the package's code (a read-only install stays untouched)
     assert set(Path(lyra_assets.__file__).parent.rglob("*.nbi")) == beside_code
 
