@@ -214,3 +214,14 @@ def test_progress_reports_every_frame(walk):
     calls = []
     fuse(walk, voxel_size=0.05, progress=lambda stage, done, total, message="": calls.append((stage, done, total)))
     assert calls == [("fuse", i, len(walk)) for i in range(len(walk) + 1)]
+
+
+def test_no_observed_surface_is_a_project_error():
+    # Negative distances only where no view observed (no cube with all 8 corners seen): no surface.
+    from lyra_assets.reconstruct.fusion import _Volume
+
+    volume = _Volume(np.zeros(3), 0.1, (2, 2, 2))
+    volume.weight[:], volume.tsdf[:] = 1.0, 1.0
+    volume.weight[0, 0, 0, 0, 0, 0], volume.tsdf[0, 0, 0, 0, 0, 0] = 0.0, -1.0
+    with pytest.raises(LyraAssetsError, match="no surface"):
+        volume.extract_mesh()

@@ -137,3 +137,29 @@ def test_a_small_atlas_takes_fewer_charts_and_narrower_gutters(coarse_room):
 def test_an_atlas_too_small_for_any_gutter_names_the_level_and_the_option(coarse_room):
     with pytest.raises(AtlasFull, match=r"LOD3 \(.* triangles\) does not fit one 4x4 atlas.*--texture-size"):
         unwrap_fitting(coarse_room.vertices, coarse_room.faces, size=4, padding=4, what="LOD3")
+
+
+def test_each_flat_wall_is_one_chart(room):
+    # Chunks of 300 faces would cut the room's walls (1024 to 3584 faces each) into ragged pieces; a flat
+    # region larger than a chunk is one chart instead.
+    scene = BoxScene()
+    atlas = unwrap(room.vertices, room.faces, size=512, padding=2, chunk_faces=300)
+    charts = _chart_ids(atlas.faces.astype(np.int64), len(atlas.vertices))
+    centres = room.triangles_center
+    on_wall = np.isclose(centres, scene.room_min).any(axis=1) | np.isclose(centres, scene.room_max).any(axis=1)
+    (lo, hi), = scene.blocks
+    on_wall &= ~np.all((centres >= lo - 1e-6) & (centres <= hi + 1e-6), axis=1)  # not the block's underside
+    assert len(np.unique(charts[atlas.faces[on_wall, 0]])) == 6
+    # a flat chart is the wall projected: every triangle keeps its shape, so one texel density throughout
+    p = atlas.vertices[atlas.faces[on_wall]].astype(np.float64)
+    area = 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1)
+    density = np.sqrt(_uv_areas(atlas)[on_wall] / area)
+    assert np.ptp(density) <= 0.01 * density.mean()
+    assert density.mean() == pytest.approx(atlas.texels_per_metre, rel=0.02)
+
+
+def test_faces_without_area_are_charted_too(room):
+    faces = np.vstack([room.faces, [[0, 0, 1], [2, 2, 2]]])  # a decimator may leave such slivers
+    atlas = unwrap(room.vertices, faces, size=256, padding=2, chunk_faces=300)
+    assert np.array_equal(atlas.source[atlas.faces], faces)
+    assert atlas.uv.min() >= 0.0 and atlas.uv.max() <= 1.0

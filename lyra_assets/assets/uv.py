@@ -1,6 +1,9 @@
-"""UV atlas: xatlas charts computed chunk by chunk, packed into one square atlas; tangent frames from the UVs.
+"""UV atlas: flat regions projected, the rest charted by xatlas chunk by chunk, all packed into one square
+atlas; tangent frames from the UVs.
 
-xatlas' chart computation grows about as n^1.9 in the faces of one mesh (50k triangles: 46 s), so the mesh
+Large flat regions (walls, floors, ceilings: at least a chunk's worth of connected faces facing one way)
+become one chart each, projected onto their plane: whole, undistorted, and rectangles that pack well.
+xatlas' chart computation grows about as n^1.9 in the faces of one mesh (50k triangles: 46 s), so the rest
 is cut into spatial chunks of about CHUNK_FACES faces first and each chunk is charted on its own (xatlas
 charts the meshes of one atlas in parallel). Chunks are geodesic Voronoi regions around seeds spread by a
 median split: a plain spatial split leaves single faces hanging off every chunk's jagged border, and xatlas
@@ -9,7 +12,9 @@ turns each of those into a chart of its own (measured: 3x the charts).
 Packing is a second xatlas run on the charts alone (`add_uv_mesh`): first every chart is scaled to its
 true surface area (xatlas enlarges tiny charts when it packs, so the first run's layout has no common
 scale), then the texel density is chosen from the charts' areas and outlines so the padded charts fill one
-size x size atlas. With a fixed resolution xatlas guarantees the padding in texels of the final texture.
+size x size atlas; xatlas' packer is greedy, so a few higher densities are tried as well and the densest
+layout that fits is kept. With a fixed resolution xatlas guarantees the padding in texels of the final
+texture.
 
 Texture coordinates follow glTF: (0, 0) is the top-left texel and v grows downwards (row = v * size).
 """
@@ -24,17 +29,28 @@ import scipy.sparse.csgraph
 import xatlas
 
 from ..errors import LyraAssetsError
-from .geometry import perpendicular, triangle_areas, unit
+from .geometry import face_normals, perpendicular, triangle_areas, unit
 
 # At most this many faces per chunk (about 600 on average). bench/bench_assets.py, 20k triangles of a fused
 # room: 1.2 s chunked against 14.7 s in one piece.
 CHUNK_FACES = 1000
+# Large flat regions (walls, floors) become one chart each, projected flat: chunks would cut them into
+# ragged pieces that pack badly (bench/bench_assets.py: 0.52 of the atlas filled, against 0.7 with them).
+PLANAR_DEGREES = 15.0  # a flat region's faces face its way within this: the projection shrinks areas <= 3.4 %
+NORMAL_BINS = 16  # bins along each side of the cube-map histogram that finds the dominant ways
+MAX_PLANES = 32  # dominant ways sought at most
 CHART_GAP_M = 1.0  # between charts laid out for the packing run (any gap will do)
 # Chart growing in one pass, without xatlas' seed-relocating iterations: half the time on fused rooms,
 # about as many charts (measured 390 against 378 on a 150k-triangle LOD0).
 CHART_ITERATIONS = 0
 PACKING_EFFICIENCY = 0.62  # share of the atlas the padded charts get: xatlas fit them at 0.67, not 0.7
-DENSITY_RETRY = 0.9  # if the charts overflow one atlas anyway, pack again at 90 % of the density
+# The estimate fits (nearly) always, and so does 9-12 % more density (bench/bench_assets.py, LOD0 to LOD3;
+# xatlas' packer is greedy, so not every density in between): the first try is 12.5 % above it, lowered in
+# 3 % steps down to the estimate.
+DENSITY_HEADROOM = 1.125
+DENSITY_STEP = 0.97
+DENSITY_STEPS = 4
+DENSITY_RETRY = 0.9  # then, if the charts still overflow one atlas, pack again at 90 % of the density
 PACKING_TRIES = 12  # 0.9^12: down to 28 % of the estimate before giving up
 STUCK_TRIES = 3  # ... or sooner, once this many lower densities in a row overflow as many atlas pages
 # Small atlases (a low LOD's 64-256 px) may not hold the charts with their full gutters: try again with
@@ -97,8 +113,22 @@ class _Charts:
         faces = np.asarray(faces, np.int64)
         if len(faces) == 0:
             raise LyraAssetsError("UV unwrap: the mesh has no triangles")
-        self.source, self.faces, chart_uv = _charts(self.vertices, faces,
-                                                    _chunk_labels(self.vertices, faces, chunk_faces))
+        planes = _planar_regions(self.vertices, faces, chunk_faces)
+        curved = planes < 0
+        self.faces = np.empty_like(faces)
+        pieces = []
+        if curved.any():
+            pieces.append((curved, *_charts(self.vertices, faces[curved],
+                                            _chunk_labels(self.vertices, faces[curved], chunk_faces))))
+        if not curved.all():
+            pieces.append((~curved, *_planar_charts(self.vertices, faces[~curved], planes[~curved])))
+        sources, uvs, offset = [], [], 0
+        for members, source, split_faces, uv in pieces:
+            self.faces[members] = split_faces + offset
+            sources.append(source)
+            uvs.append(uv)
+            offset += len(source)
+        self.source, chart_uv = np.concatenate(sources), np.concatenate(uvs)
         self.charts = _chart_ids(self.faces, len(self.source))
         self.uv = _to_metres(chart_uv, self.faces, self.vertices[self.source], self.charts)
 
@@ -107,14 +137,77 @@ class _Charts:
         if n_charts * (padding + 1) ** 2 > size * size:  # even charts of one texel would overflow: say so now
             raise AtlasFull(f"UV unwrap: {n_charts:,} charts with {padding}-texel gutters cannot fit one "
                             f"{size}x{size} atlas; use a larger --texture-size")
-        density = texels_per_metre or _fill_density(self.uv, self.faces, self.charts, size, padding)
-        packed_vertex, packed_faces, uv, density = _pack(self.uv, self.faces, size, padding, density)
+        if texels_per_metre:
+            density, fine_steps = texels_per_metre, 0
+        else:
+            density = DENSITY_HEADROOM * _fill_density(self.uv, self.faces, self.charts, size, padding)
+            fine_steps = DENSITY_STEPS
+        packed_vertex, packed_faces, uv, density = _pack(self.uv, self.faces, size, padding, density,
+                                                         fine_steps)
         source = self.source[packed_vertex]
         return Atlas(self.vertices[source].astype(np.float32), packed_faces.astype(np.uint32),
                      uv.astype(np.float32), source, size, float(density), padding)
 
 
 # -- charts ------------------------------------------------------------------------------------------------
+
+
+def _planar_regions(vertices: np.ndarray, faces: np.ndarray, min_faces: int) -> np.ndarray:
+    """(F,) flat region of each face, or -1: at least min_faces connected faces facing one way.
+
+    The ways are the surface's dominant normals, found greedily: the mean normal of the fullest bin of a
+    normal histogram claims the faces within PLANAR_DEGREES of it; repeat.
+    """
+    normals = face_normals(vertices, faces)
+    area = np.linalg.norm(normals, axis=1)
+    normals = unit(normals)
+    near = math.cos(math.radians(PLANAR_DEGREES))
+    # histogram bins (a cube map): the normal's major axis and side, and the two others' ratios to it
+    rows = np.arange(len(faces))
+    axis = np.argmax(np.abs(normals), axis=1)
+    major = normals[rows, axis]
+    side = np.where(major != 0, major, 1.0)  # a face without area has no normal: any bin, no weight
+    ratio = [np.clip(((normals[rows, (axis + k) % 3] / side + 1) * NORMAL_BINS / 2).astype(int), 0, NORMAL_BINS - 1)
+             for k in (1, 2)]
+    cell = ((axis * 2 + (major > 0)) * NORMAL_BINS + ratio[0]) * NORMAL_BINS + ratio[1]
+    way = np.full(len(faces), -1)
+    for k in range(MAX_PLANES):
+        free = way < 0
+        weights = np.bincount(cell[free], area[free], 6 * NORMAL_BINS**2)
+        peak = cell == np.argmax(weights)
+        if not (peak & free).any():
+            break
+        direction = unit((normals[peak & free] * area[peak & free, None]).sum(axis=0))
+        claimed = free & (normals @ direction >= near)
+        if claimed.sum() < min_faces:
+            break
+        way[claimed] = k
+    pairs = _face_adjacency(faces)
+    pairs = pairs[(way[pairs[:, 0]] == way[pairs[:, 1]]) & (way[pairs[:, 0]] >= 0)]
+    graph = scipy.sparse.coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])),
+                                    shape=(len(faces),) * 2)
+    n, region = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    flat = (np.bincount(region, minlength=n) >= min_faces)[region] & (way >= 0)
+    return np.where(flat, region, -1)
+
+
+def _planar_charts(vertices: np.ndarray, faces: np.ndarray, regions: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One chart per flat region, projected onto the plane of its mean normal (metres): like _charts."""
+    normals = face_normals(vertices, faces)
+    order = np.argsort(regions, kind="stable")
+    bounds = np.flatnonzero(np.diff(regions[order])) + 1
+    sources, split_faces, uvs = [], np.empty_like(faces), []
+    offset = 0
+    for members in np.split(order, bounds):
+        used, local = np.unique(faces[members], return_inverse=True)
+        normal = unit(normals[members].sum(axis=0))
+        across = perpendicular(normal[None])[0]
+        basis = np.stack([across, np.cross(normal, across)], axis=1)  # (u, v, normal) right-handed
+        sources.append(used)
+        split_faces[members] = local.reshape(-1, 3) + offset
+        uvs.append(vertices[used] @ basis)
+        offset += len(used)
+    return np.concatenate(sources), split_faces, np.concatenate(uvs)
 
 
 def _chunk_labels(vertices: np.ndarray, faces: np.ndarray, chunk_faces: int) -> np.ndarray:
@@ -249,11 +342,14 @@ def _fill_density(uv: np.ndarray, faces: np.ndarray, charts: np.ndarray, size: i
     return (-b + math.sqrt(disc)) / (2 * a) if c < 0 else 0.1 * size / math.sqrt(area)
 
 
-def _pack(uv: np.ndarray, faces: np.ndarray, size: int, padding: int,
-          density: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(vertex of `uv` per packed vertex, packed faces, packed UVs in [0, 1], density used)."""
+def _pack(uv: np.ndarray, faces: np.ndarray, size: int, padding: int, density: float,
+          fine_steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(vertex of `uv` per packed vertex, packed faces, packed UVs in [0, 1], density used).
+
+    The first `fine_steps` densities that overflow are lowered by DENSITY_STEP, the next by DENSITY_RETRY.
+    """
     overflow, stuck = np.inf, 0
-    for _ in range(PACKING_TRIES):
+    for tries in range(PACKING_TRIES):
         atlas = xatlas.Atlas()
         atlas.add_uv_mesh(uv.astype(np.float32), faces.astype(np.uint32))
         options = xatlas.PackOptions()
@@ -270,7 +366,7 @@ def _pack(uv: np.ndarray, faces: np.ndarray, size: int, padding: int,
         if stuck == STUCK_TRIES:
             break
         overflow = min(overflow, atlas.atlas_count)
-        density *= DENSITY_RETRY
+        density *= DENSITY_STEP if tries < fine_steps else DENSITY_RETRY
     raise AtlasFull(f"UV unwrap: the charts with their {padding}-texel gutters do not fit one {size}x{size} "
                     f"atlas at any density; use a larger --texture-size ({len(faces):,} triangles now)")
 

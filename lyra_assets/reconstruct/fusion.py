@@ -8,9 +8,10 @@ How the grid is laid out, and why:
 - Voxels are grouped in tiles of TILE^3 and stored tile by tile (arrays shaped (tx, ty, tz, T, T, T)): a
   tile is contiguous in memory, and the few pixels it projects to stay in cache while it is integrated.
   Tiles are also the unit of parallel work.
-- Only tiles within the truncation band of some frame's depth are integrated (by every frame that sees
-  them, so all frames still carve them): a surface can only appear there, and in a room most of the volume
-  is open air far from any wall.
+- Only blocks (BLOCK^3 eighths of a tile) within the truncation band of some frame's depth are integrated
+  (by every frame that sees them, so all frames still carve them): a surface can only appear there, and in
+  a room most of the volume is open air far from any wall. Blocks finer than tiles halve the work: a band
+  of 8 voxels rarely fills the tiles it crosses.
 
 Conventions kept here:
 - Voxel (i, j, k) has its centre at origin + voxel_size * (i, j, k), in the walkthrough's world frame.
@@ -40,11 +41,14 @@ MAX_VOXELS = 64_000_000  # memory cap: 24 bytes a voxel while fusing, about 1.5 
 DEFAULT_VOXELS = 8_000_000  # what the automatic voxel size aims for: about 2 cm in a room, seconds on 2 cores
 TRUNCATION_VOXELS = 4  # truncation distance in voxels: wide enough for grazing views, thin enough for detail
 TILE = 8  # voxels along each side of a tile
+BLOCK = TILE // 2  # voxels along each side of a block, the band's unit
 BOUNDS_PERCENTILE = 0.1  # the grid spans the 0.1..99.9th percentile of the depth points, so a few stray
 #                          far points (a generator's outliers) cannot blow up the grid
 BOUNDS_STRIDE = 8  # every 8th pixel each way is plenty to find the scene's extent
 BOUNDS_POINTS = 1_000_000  # ... from enough frames for at most this many points (24 MB)
-BAND_STRIDE = 4  # every 4th pixel each way finds the band tiles; the reach covers the pixels in between
+FRAME_BATCH = 16  # frames folded in per kernel call: threads start and meet up once per batch
+TILE_RUN = 16  # tiles a thread takes at a time
+BAND_STRIDE = 4  # every 4th pixel each way finds the band blocks; the reach covers the pixels in between
 MIN_COMPONENT_FRACTION = 0.001  # connected pieces under 0.1% of the largest piece's area are floaters
 # The first camera is the spawn, so its whole view must be surface. Marching cubes needs all 8 corners of a
 # cube observed, which leaves a sawtooth one voxel inside every frustum edge, and no later frame of a walk
@@ -74,26 +78,41 @@ def fuse(walk: Walkthrough, voxel_size: float | None = None, max_voxels: int = M
         raise LyraAssetsError(f"voxel size must be a positive number of metres, got {voxel_size}")
     if max_voxels < 8 * TILE**3:  # the smallest grid: 2 x 2 x 2 tiles
         raise LyraAssetsError(f"a voxel budget of {max_voxels} is too small; allow at least {8 * TILE**3}")
-    rays = _PixelRays(walk)
-    lo, hi = _scene_bounds(walk, rays)
+    lo, hi = _scene_bounds(walk)
     voxel, notes = _choose_voxel_size(hi - lo, voxel_size, max_voxels)
     volume = _Volume(lo - _padding(voxel), voxel, _tiles_shape(hi - lo, voxel))
 
-    band = np.zeros(volume.tiles_shape, bool)
-    for i in range(len(walk)):
-        _mark_band(band, walk.depth[i], rays[i], walk.path.c2w[i], volume.origin, voxel, volume.truncation,
-                   walk.path.K[i, 0, 0], BAND_STRIDE)
-    band_tiles = np.argwhere(band)
+    path = walk.path
+    band = np.zeros([2 * n for n in volume.tiles_shape], bool)  # by block
+    for batch in _batches(len(walk)):
+        _mark_band(band, walk.depth[batch], path.K[batch], path.c2w[batch], volume.origin, voxel,
+                   volume.truncation, BAND_STRIDE)
+    band_tiles, band_blocks = _band_tiles(band)
 
-    w2c = walk.path.w2c
+    w2c = path.w2c
+    guard = np.zeros(len(walk))
+    guard[0] = SPAWN_GUARD_VOXELS
     progress("fuse", 0, len(walk))
-    for i in range(len(walk)):
-        tiles = volume.tiles_in_view(band_tiles, w2c[i], walk.path.K[i], walk.path.width, walk.path.height,
-                                     float(walk.depth[i].max()))
-        volume.integrate(tiles, w2c[i], walk.path.K[i], walk.depth[i], walk.frames[i],
-                         SPAWN_GUARD_VOXELS if i == 0 else 0.0)
-        progress("fuse", i + 1, len(walk))
+    for batch in _batches(len(walk)):
+        volume.integrate(band_tiles, band_blocks, w2c[batch], path.K[batch], walk.depth[batch],
+                         walk.frames[batch], guard[batch])
+        for i in range(batch.start, batch.stop):
+            progress("fuse", i + 1, len(walk))
     return FusedScene(_drop_floaters(volume.extract_mesh()), voxel, notes)
+
+
+def _band_tiles(band: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tiles holding band blocks (n, 3), and which of their 8 blocks are in the band (bit 4a + 2b + c)."""
+    tx, ty, tz = (n // 2 for n in band.shape)
+    by_tile = band.reshape(tx, 2, ty, 2, tz, 2).transpose(0, 2, 4, 1, 3, 5).reshape(tx, ty, tz, 8)
+    bits = by_tile.astype(np.uint8) @ (1 << np.arange(8, dtype=np.uint8))  # < 256: no overflow
+    tiles = np.argwhere(bits)
+    return tiles, bits[tuple(tiles.T)]
+
+
+def _batches(frames: int) -> list[slice]:
+    """Frames in groups of FRAME_BATCH: one parallel kernel call each, so threads start and meet up rarely."""
+    return [slice(i, min(i + FRAME_BATCH, frames)) for i in range(0, frames, FRAME_BATCH)]
 
 
 # -- grid size ------------------------------------------------------------------------------------------
@@ -114,8 +133,9 @@ class _PixelRays:
         return self._cache[key]
 
 
-def _scene_bounds(walk: Walkthrough, rays: _PixelRays) -> tuple[np.ndarray, np.ndarray]:
+def _scene_bounds(walk: Walkthrough) -> tuple[np.ndarray, np.ndarray]:
     """Robust world-space bounds of the depth points (a subsample of pixels from every frame)."""
+    rays = _PixelRays(walk)
     points = []
     # Every frame_step-th frame: at most BOUNDS_POINTS points, however long the walk.
     per_frame = math.ceil(walk.path.height / BOUNDS_STRIDE) * math.ceil(walk.path.width / BOUNDS_STRIDE)
@@ -168,24 +188,26 @@ def _round_up(metres: float) -> float:
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
-def _mark_band(band, depth, rays, c2w, origin, voxel, truncation, fx, stride):
-    """Flag the tiles that hold voxels within the truncation band of a depth point.
+def _mark_band(band, depth, K, c2w, origin, voxel, truncation, stride):
+    """Flag the blocks that hold voxels within the truncation band of a depth point of some frame.
 
     The reach adds `stride` pixel footprints, so the pixels between the sampled ones are covered too.
     """
-    height, width = depth.shape
+    frames, height, width = depth.shape
+    rows = (height + stride - 1) // stride
     nx, ny, nz = band.shape
-    for r in numba.prange((height + stride - 1) // stride):
-        row = r * stride
+    for r in numba.prange(frames * rows):
+        f, row = r // rows, r % rows * stride
+        fx, fy, cx, cy = K[f, 0, 0], K[f, 1, 1], K[f, 0, 2], K[f, 1, 2]
         for col in range(0, width, stride):
-            d = depth[row, col]
+            d = depth[f, row, col]
             if d <= 0.0:
                 continue
-            x, y, z = rays[row, col, 0] * d, rays[row, col, 1] * d, rays[row, col, 2] * d
+            x, y, z = (col + 0.5 - cx) / fx * d, (row + 0.5 - cy) / fy * d, d  # the pixel centre's ray
             reach = math.sqrt(x * x + y * y + z * z) / d * (truncation + stride * d / fx) / voxel
-            i0, i1 = _tile_span((_world(c2w, 0, x, y, z) - origin[0]) / voxel, reach, nx)
-            j0, j1 = _tile_span((_world(c2w, 1, x, y, z) - origin[1]) / voxel, reach, ny)
-            k0, k1 = _tile_span((_world(c2w, 2, x, y, z) - origin[2]) / voxel, reach, nz)
+            i0, i1 = _block_span((_world(c2w[f], 0, x, y, z) - origin[0]) / voxel, reach, nx)
+            j0, j1 = _block_span((_world(c2w[f], 1, x, y, z) - origin[1]) / voxel, reach, ny)
+            k0, k1 = _block_span((_world(c2w[f], 2, x, y, z) - origin[2]) / voxel, reach, nz)
             for ti in range(i0, i1):
                 for tj in range(j0, j1):
                     for tk in range(k0, k1):
@@ -200,9 +222,9 @@ def _world(c2w, axis, x, y, z):
 
 
 @numba.njit(inline="always", fastmath=True)
-def _tile_span(q, reach, n):
-    """Tiles [lo, hi) holding the voxels whose index is within reach of q, clipped to [0, n)."""
-    return max(0, math.floor((q - reach) / TILE)), min(n, math.floor((q + reach) / TILE) + 1)
+def _block_span(q, reach, n):
+    """Blocks [lo, hi) holding the voxels whose index is within reach of q, clipped to [0, n)."""
+    return max(0, math.floor((q - reach) / BLOCK)), min(n, math.floor((q + reach) / BLOCK) + 1)
 
 
 # -- the volume -----------------------------------------------------------------------------------------
@@ -222,49 +244,41 @@ class _Volume:
         self.colour = np.zeros((*shape, 3), np.float32)
         self.colour_weight = np.zeros(shape, np.float32)
 
-    def tiles_in_view(self, tiles: np.ndarray, w2c: np.ndarray, K: np.ndarray, width: int, height: int,
-                      max_depth: float) -> np.ndarray:
-        """The given tiles that a view frustum (up to max_depth) may touch: a conservative test."""
-        (fx, _, cx), (_, fy, cy) = K[:2]
-        far = max_depth + self.truncation
-        # Each tile's bounding sphere (around its voxel centres), in camera coordinates.
-        centre = self.origin + self.voxel * (tiles * TILE + (TILE - 1) / 2)
-        x, y, z = (centre @ w2c[:3, :3].T + w2c[:3, 3]).T
-        radius = self.voxel * (TILE - 1) * math.sqrt(3) / 2
-        # The frustum's planes, (normal, normal . p) with normal . p >= 0 inside:
-        # u >= 0, u <= width, v >= 0, v <= height (multiplied by z > 0), in front, not too far.
-        planes = [((fx, 0, cx), fx * x + cx * z), ((-fx, 0, width - cx), (width - cx) * z - fx * x),
-                  ((0, fy, cy), fy * y + cy * z), ((0, -fy, height - cy), (height - cy) * z - fy * y),
-                  ((0, 0, 1), z), ((0, 0, -1), far - z)]
-        inside = np.ones(len(tiles), bool)
-        for normal, value in planes:
-            inside &= value >= -radius * math.hypot(*normal)  # the sphere reaches the plane's inner side
-        return tiles[inside]
+    def integrate(self, tiles: np.ndarray, blocks: np.ndarray, w2c: np.ndarray, K: np.ndarray, depth: np.ndarray,
+                  rgb: np.ndarray, guard_voxels: np.ndarray) -> None:
+        """Fold frames (w2c (F, 4, 4), K (F, 3, 3), depth (F, H, W), rgb (F, H, W, 3)) into the tiles' blocks
+        (bits, as _band_tiles gives them), in order.
 
-    def integrate(self, tiles: np.ndarray, w2c: np.ndarray, K: np.ndarray, depth: np.ndarray,
-                  rgb: np.ndarray, guard_voxels: float = 0.0) -> None:
-        # Tiles differ a lot in work (a frustum edge cuts some): hand them to threads in small chunks.
-        with numba.parallel_chunksize(16):
-            _integrate(self.tsdf, self.weight, self.colour, self.colour_weight, tiles, self.origin,
-                       self.voxel, self.truncation, w2c, K, depth, rgb, guard_voxels)
+        guard_voxels (F,): per frame, how far outside its image voxels still read it (SPAWN_GUARD_VOXELS).
+        """
+        far = depth.reshape(len(depth), -1).max(axis=1) + self.truncation
+        # Threads take runs of TILE_RUN tiles and pass every frame over a run before the next: the run's
+        # voxels and the frame's depth both stay in cache, and threads meet up once per batch of frames.
+        with numba.parallel_chunksize(1):
+            _integrate(self.tsdf, self.weight, self.colour, self.colour_weight, tiles, blocks, self.origin,
+                       self.voxel, self.truncation, w2c, K, depth, rgb, guard_voxels, far)
 
     def extract_mesh(self) -> trimesh.Trimesh:
         # Only cubes whose 8 corners were all observed may hold surface: the edge of the observed region
         # (the back of the truncation band, a frustum's side) would otherwise make a second, fake surface.
         # skimage's mask flags a cube by its highest corner, hence the [1:, 1:, 1:].
         seen = _untile(self.weight > 0)
-        cubes = np.zeros(seen.shape, bool)
-        cubes[1:, 1:, 1:] = (seen[:-1, :-1, :-1] & seen[1:, :-1, :-1] & seen[:-1, 1:, :-1]
-                             & seen[:-1, :-1, 1:] & seen[1:, 1:, :-1] & seen[1:, :-1, 1:]
-                             & seen[:-1, 1:, 1:] & seen[1:, 1:, 1:])
+        seen = seen[1:] & seen[:-1]  # both ends of an x edge seen; then of a y, z edge: all 8 corners
+        seen = seen[:, 1:] & seen[:, :-1]
+        cubes = np.zeros((seen.shape[0] + 1, seen.shape[1] + 1, seen.shape[2]), bool)
+        cubes[1:, 1:, 1:] = seen[:, :, 1:] & seen[:, :, :-1]
         del seen
         tsdf = _untile(self.tsdf)
-        if not (tsdf[cubes] < 0).any():
-            raise LyraAssetsError("fusion found no surface: the depth maps never agree on one; check the "
-                                  "walkthrough's depth (contact_sheet.png) and camera poses")
-        # 'descent' winds faces with normals towards higher values: the free space the cameras stood in.
-        index, faces, _, _ = marching_cubes(tsdf, level=0.0, mask=cubes, allow_degenerate=False,
-                                            gradient_direction="descent")
+        no_surface = LyraAssetsError("fusion found no surface: the depth maps never agree on one; check the "
+                                     "walkthrough's depth (contact_sheet.png) and camera poses")
+        if not tsdf.min() < 0:  # marching cubes would refuse a level outside the values
+            raise no_surface
+        try:
+            # 'descent' winds faces with normals towards higher values: the free space the cameras stood in
+            index, faces, _, _ = marching_cubes(tsdf, level=0.0, mask=cubes, allow_degenerate=False,
+                                                gradient_direction="descent")
+        except RuntimeError:  # no observed cube holds the level
+            raise no_surface from None
         del tsdf, cubes
         rgb = self._vertex_colours(index)
         rgba = np.concatenate([np.clip(rgb + 0.5, 0, 255), np.full((len(rgb), 1), 255.0)], axis=1)
@@ -300,45 +314,88 @@ def _untile(tiled: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
-def _integrate(tsdf, weight, colour, colour_weight, tiles, origin, voxel, truncation, w2c, K, depth, rgb, guard):
-    """Fold one frame into the given tiles: running averages of TSDF and colour, each view weighing 1.
+def _integrate(tsdf, weight, colour, colour_weight, tiles, blocks, origin, voxel, truncation, w2c, K, depth, rgb, guard,
+               far):
+    """Fold frames into the tiles, in order: running averages of TSDF and colour, each view weighing 1.
 
-    Voxels up to `guard` voxels outside the image read the nearest edge pixel (see SPAWN_GUARD_VOXELS).
+    A tile outside a frame's view (up to its far depth) is skipped. Voxels up to `guard` voxels outside
+    the image read the nearest edge pixel (see SPAWN_GUARD_VOXELS).
     """
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    frames, height, width = depth.shape
+    half = (TILE - 1) / 2
+    radius = voxel * half * math.sqrt(3.0)  # a tile's bounding sphere around its voxel centres
+    for run in numba.prange((len(tiles) + TILE_RUN - 1) // TILE_RUN):
+        for f in range(frames):
+            view = w2c[f]
+            fx, fy, cx, cy = K[f, 0, 0], K[f, 1, 1], K[f, 0, 2], K[f, 1, 2]
+            # the frustum's planes, normal . p >= 0 inside, normals' lengths
+            left, right = math.hypot(fx, cx), math.hypot(fx, width - cx)
+            top, bottom = math.hypot(fy, cy), math.hypot(fy, height - cy)
+            for n in range(run * TILE_RUN, min(len(tiles), (run + 1) * TILE_RUN)):
+                ti, tj, tk = tiles[n, 0], tiles[n, 1], tiles[n, 2]
+                x0, y0, z0 = (origin[0] + ti * TILE * voxel, origin[1] + tj * TILE * voxel,
+                              origin[2] + tk * TILE * voxel)
+                # camera coordinates of the tile's first voxel
+                bx = view[0, 0] * x0 + view[0, 1] * y0 + view[0, 2] * z0 + view[0, 3]
+                by = view[1, 0] * x0 + view[1, 1] * y0 + view[1, 2] * z0 + view[1, 3]
+                bz = view[2, 0] * x0 + view[2, 1] * y0 + view[2, 2] * z0 + view[2, 3]
+                # ... and of its centre: its bounding sphere must reach every plane's inner side
+                mx = bx + half * voxel * (view[0, 0] + view[0, 1] + view[0, 2])
+                my = by + half * voxel * (view[1, 0] + view[1, 1] + view[1, 2])
+                mz = bz + half * voxel * (view[2, 0] + view[2, 1] + view[2, 2])
+                if (fx * mx + cx * mz < -radius * left or (width - cx) * mz - fx * mx < -radius * right
+                        or fy * my + cy * mz < -radius * top or (height - cy) * mz - fy * my < -radius * bottom
+                        or mz < -radius or far[f] - mz < -radius):
+                    continue
+                # one flat index per voxel instead of three (each would be checked for wrapping round)
+                _integrate_tile(tsdf[ti, tj, tk].reshape(-1), weight[ti, tj, tk].reshape(-1),
+                                colour[ti, tj, tk].reshape(-1, 3), colour_weight[ti, tj, tk].reshape(-1), blocks[n], view, fx, fy, cx, cy, bx, by, bz, voxel,
+                                truncation, depth[f], rgb[f], guard[f])
+
+
+@numba.njit(cache=True, fastmath=True)
+def _integrate_tile(tile_tsdf, tile_weight, tile_colour, tile_colour_weight, blocks, view, fx, fy, cx, cy, bx, by,
+                    bz, voxel, truncation, depth, rgb, guard):
+    """Fold one frame into one tile's band blocks, voxel by voxel (camera coordinates of its first voxel: bx,
+    by, bz)."""
     height, width = depth.shape
-    # Camera coordinates move by a constant step along k, so the inner loop needs no matrix product.
-    sx, sy, sz = w2c[0, 2] * voxel, w2c[1, 2] * voxel, w2c[2, 2] * voxel
     one = np.float32(1.0)
-    for n in numba.prange(len(tiles)):
-        ti, tj, tk = tiles[n, 0], tiles[n, 1], tiles[n, 2]
-        tile_tsdf, tile_weight = tsdf[ti, tj, tk], weight[ti, tj, tk]
-        tile_colour, tile_colour_weight = colour[ti, tj, tk], colour_weight[ti, tj, tk]
-        z0 = origin[2] + tk * TILE * voxel
-        for a in range(TILE):
-            x = origin[0] + (ti * TILE + a) * voxel
-            for b in range(TILE):
-                y = origin[1] + (tj * TILE + b) * voxel
-                bx = w2c[0, 0] * x + w2c[0, 1] * y + w2c[0, 2] * z0 + w2c[0, 3]
-                by = w2c[1, 0] * x + w2c[1, 1] * y + w2c[1, 2] * z0 + w2c[1, 3]
-                bz = w2c[2, 0] * x + w2c[2, 1] * y + w2c[2, 2] * z0 + w2c[2, 3]
-                for c in range(TILE):
-                    zc = bz + c * sz
+    # Camera coordinates move by a constant step along each tile axis, so no matrix product per voxel. They are
+    # float32 (metres from the camera: micrometre rounding), which is faster.
+    f32 = np.float32
+    ax, ay, az = f32(view[0, 0] * voxel), f32(view[1, 0] * voxel), f32(view[2, 0] * voxel)
+    sbx, sby, sbz = f32(view[0, 1] * voxel), f32(view[1, 1] * voxel), f32(view[2, 1] * voxel)
+    sx, sy, sz = f32(view[0, 2] * voxel), f32(view[1, 2] * voxel), f32(view[2, 2] * voxel)
+    bx, by, bz, fx, fy, cx, cy = f32(bx), f32(by), f32(bz), f32(fx), f32(fy), f32(cx), f32(cy)
+    for block in range(8):
+        if not blocks & (1 << block):
+            continue
+        a0, b0, c0 = (block >> 2) * BLOCK, (block >> 1 & 1) * BLOCK, (block & 1) * BLOCK
+        for a in range(a0, a0 + BLOCK):
+            for b in range(b0, b0 + BLOCK):
+                px, py, pz = bx + a * ax + b * sbx, by + a * ay + b * sby, bz + a * az + b * sbz
+                for c in range(c0, c0 + BLOCK):
+                    i = (a * TILE + b) * TILE + c
+                    zc = pz + c * sz
                     if zc <= 1e-6:
                         continue
-                    u = fx * (bx + c * sx) / zc + cx  # fastmath computes 1 / zc once
-                    v = fy * (by + c * sy) / zc + cy
-                    g = guard * voxel * fx / zc  # the guard band in pixels at this depth
-                    if not (-g <= u < width + g and -g <= v < height + g):
-                        continue
-                    # the pixel whose area holds (u, v) (its centre is at +0.5), or the nearest edge pixel
-                    col = min(max(int(math.floor(u)), 0), width - 1)
-                    row = min(max(int(math.floor(v)), 0), height - 1)
-                    d = depth[row, col]
-                    if d <= 0.0:  # unknown depth says nothing: neither surface nor free space
-                        continue
-                    outside_u, outside_v = not 0.0 <= u < width, not 0.0 <= v < height
-                    if outside_u or outside_v:
+                    inv = one / zc
+                    u = fx * (px + c * sx) * inv + cx
+                    v = fy * (py + c * sy) * inv + cy
+                    if f32(0.0) <= u < width and f32(0.0) <= v < height:
+                        row, col = int(v), int(u)  # the pixel whose area holds (u, v) (its centre is at +0.5)
+                        d = depth[row, col]
+                        if d <= 0.0:  # unknown depth says nothing: neither surface nor free space
+                            continue
+                    else:  # outside the image: only in the guard band, reading the nearest edge pixel
+                        g = guard * voxel * fx * inv  # the guard band in pixels at this depth
+                        if not (-g <= u < width + g and -g <= v < height + g):
+                            continue
+                        col = min(max(int(u), 0), width - 1)
+                        row = min(max(int(v), 0), height - 1)
+                        if depth[row, col] <= 0.0:
+                            continue
+                        outside_u, outside_v = not 0.0 <= u < width, not 0.0 <= v < height
                         d = _extrapolated(depth, row, col, u - col - 0.5 if outside_u else 0.0,
                                           v - row - 0.5 if outside_v else 0.0)
                         if d <= 0.0:
@@ -346,17 +403,18 @@ def _integrate(tsdf, weight, colour, colour_weight, tiles, origin, voxel, trunca
                     sdf = d - zc
                     if sdf < -truncation:  # hidden behind the surface: unobserved
                         continue
-                    # float32 throughout, as stored: no conversions in the innermost updates
+                    # float32 throughout, as stored: no conversions in the innermost updates. A running mean
+                    # moves towards the new value by 1 / (views so far + 1).
                     t = np.float32(min(1.0, sdf / truncation))
-                    w = tile_weight[a, b, c]
-                    tile_tsdf[a, b, c] = (tile_tsdf[a, b, c] * w + t) / (w + one)
-                    tile_weight[a, b, c] = w + one
+                    w = tile_weight[i]
+                    tile_tsdf[i] += (t - tile_tsdf[i]) / (w + one)
+                    tile_weight[i] = w + one
                     if t < one:  # the pixel's colour is this voxel's only near the surface the pixel shows
-                        w = tile_colour_weight[a, b, c]
+                        w = tile_colour_weight[i]
+                        step = one / (w + one)
                         for ch in range(3):
-                            mean = tile_colour[a, b, c, ch]
-                            tile_colour[a, b, c, ch] = (mean * w + rgb[row, col, ch]) / (w + one)
-                        tile_colour_weight[a, b, c] = w + one
+                            tile_colour[i, ch] += (rgb[row, col, ch] - tile_colour[i, ch]) * step
+                        tile_colour_weight[i] = w + one
 
 
 @numba.njit(inline="always", fastmath=True)
@@ -399,7 +457,9 @@ def _drop_floaters(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     graph = scipy.sparse.coo_matrix((np.ones(len(edges), bool), (edges[:, 0], edges[:, 1])), shape=(n, n))
     _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
     face_labels = labels[faces[:, 0]]
-    area = np.bincount(face_labels, weights=mesh.area_faces)
+    corners = mesh.vertices[faces]  # twice the areas, straight from the arrays: trimesh's cache costs more
+    doubled = np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
+    area = np.bincount(face_labels, weights=doubled)
     keep = area[face_labels] >= MIN_COMPONENT_FRACTION * area.max()
     if keep.all():
         return mesh
