@@ -4,6 +4,7 @@
     result = build("concept.png", preset="walk_forward", out_dir="out/", progress=print)
 """
 import os
+import sys
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
@@ -12,6 +13,10 @@ import platformdirs
 # numba's compiled kernels go to the user's cache folder (works for a read-only install, survives
 # reinstalls of the same version); set before anything imports numba, and only if the user set nothing.
 os.environ.setdefault("NUMBA_CACHE_DIR", str(platformdirs.user_cache_path("lyra-assets") / "numba"))
+if "numba" in sys.modules:  # imported before us: it read its settings already, so tell it directly
+    from numba.core import config as _numba_config
+
+    _numba_config.CACHE_DIR = _numba_config.CACHE_DIR or os.environ["NUMBA_CACHE_DIR"]
 
 try:
     __version__ = version("lyra-assets")

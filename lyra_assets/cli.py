@@ -232,6 +232,19 @@ def mesh(ctx: click.Context, walkthrough: Path, out_dir: Path, force: bool, name
         finish(ctx, f"asset: {result.glb}", result.outputs)
 
 
+@main.command("warm-up")
+@click.pass_context
+def warm_up(ctx: click.Context) -> None:
+    """Compile the kernels into your cache folder now, so your first build does not (once, after install)."""
+    with reporting(ctx) as progress:
+        from .warmup import warm_up as run_warm_up
+
+        result = run_warm_up(progress)
+        done = (f"compiled {len(result.compiled)} kernels" if result.compiled else "every kernel was compiled already")
+        finish(ctx, f"{done} ({result.seconds:.0f} s); cache: {result.cache}",
+               {"cache": result.cache, "compiled": result.compiled})
+
+
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--preset", "-p", help="The new segment's motion, from the chosen pose. [the world's preset]")

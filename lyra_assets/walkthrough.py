@@ -230,7 +230,8 @@ def write_preview_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
     writer = imageio_ffmpeg.write_frames(
         str(tmp), (even.shape[2], even.shape[1]), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
         macro_block_size=1, quality=7, ffmpeg_log_level="error",
-        output_params=["-preset", "veryfast", "-movflags", "+faststart"],
+        # ultrafast: a third of veryfast's CPU (0.5 s against 1.3 s at 121 frames) for a preview of 1.6 MB, not 0.6
+        output_params=["-preset", "ultrafast", "-movflags", "+faststart"],
     )
     writer.send(None)
     for frame in even:

