@@ -64,7 +64,9 @@ def floor_under_spawn(dense: trimesh.Trimesh, path: CameraPath) -> tuple[trimesh
     if cells is None:  # the observed floor already reaches under the spawn
         return dense, Spawn(c2w, ground, yfov)
     origin, covered = cells
-    colour = np.median(_face_colours(dense)[on_floor & (distance < nearest + COLOUR_RADIUS_M)], axis=0)
+    # (measured from the floor at the floor's height: the nearest floor face may be a step off it)
+    colour_from = on_floor & (distance < distance[on_floor].min() + COLOUR_RADIUS_M)
+    colour = np.median(_face_colours(dense)[colour_from], axis=0)
     patch = _grid_mesh(covered, origin + eye[[0, 2]], height + PATCH_DROP_M, colour)
     merged = trimesh.Trimesh(
         np.vstack([dense.vertices, patch.vertices]),

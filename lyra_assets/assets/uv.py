@@ -346,10 +346,11 @@ def _pack(uv: np.ndarray, faces: np.ndarray, size: int, padding: int, density: f
           fine_steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(vertex of `uv` per packed vertex, packed faces, packed UVs in [0, 1], density used).
 
-    The first `fine_steps` densities that overflow are lowered by DENSITY_STEP, the next by DENSITY_RETRY.
+    The first `fine_steps` densities that overflow are lowered by DENSITY_STEP, the next (up to
+    PACKING_TRIES, or until STUCK_TRIES in a row free no atlas page) by DENSITY_RETRY.
     """
     overflow, stuck = np.inf, 0
-    for tries in range(PACKING_TRIES):
+    for tries in range(fine_steps + PACKING_TRIES):
         atlas = xatlas.Atlas()
         atlas.add_uv_mesh(uv.astype(np.float32), faces.astype(np.uint32))
         options = xatlas.PackOptions()
@@ -361,12 +362,15 @@ def _pack(uv: np.ndarray, faces: np.ndarray, size: int, padding: int, density: f
         if atlas.atlas_count == 1:
             vmap, index, packed = atlas[0]
             return vmap.astype(np.int64), index.astype(np.int64), np.clip(packed, 0.0, 1.0), density
+        if tries < fine_steps:  # a few densities just above the estimate: overflowing them says little
+            density *= DENSITY_STEP
+            continue
         # Lower densities that free no atlas page: the gutters, not the charts, fill the atlas.
         stuck = stuck + 1 if atlas.atlas_count >= overflow else 0
         if stuck == STUCK_TRIES:
             break
         overflow = min(overflow, atlas.atlas_count)
-        density *= DENSITY_STEP if tries < fine_steps else DENSITY_RETRY
+        density *= DENSITY_RETRY
     raise AtlasFull(f"UV unwrap: the charts with their {padding}-texel gutters do not fit one {size}x{size} "
                     f"atlas at any density; use a larger --texture-size ({len(faces):,} triangles now)")
 
