@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import igl
 import pytest
-from scenes import BoxScene, forward_path
+from scenes import BoxScene, OpenGroundScene, forward_path
 from scipy.spatial import cKDTree
 
 from lyra_assets.errors import LyraAssetsError
@@ -225,3 +225,18 @@ def test_no_observed_surface_is_a_project_error():
     volume.weight[0, 0, 0, 0, 0, 0], volume.tsdf[0, 0, 0, 0, 0, 0] = 0.0, -1.0
     with pytest.raises(LyraAssetsError, match="no surface"):
         volume.extract_mesh()
+
+
+def test_ground_seen_edge_on_far_ahead_is_fused_whole():
+    """Far ahead, ground is seen nearly edge-on: the pixel rows the band search samples lie metres apart
+    there, and the ground between them must still be fused (it once came out in stripes with holes)."""
+    scene = OpenGroundScene(blocks=[])
+    path = forward_path(frames=3, distance=0.2, width=160, height=96, sway_deg=0.0)
+    walk = scene.render(path)
+    fused = fuse(walk)  # the grid spans the ground out to 60 m: voxels of about 0.6 m
+    points = depth_points(walk, stride=1)[(walk.depth > 0).reshape(-1)]  # the sky has no depth
+    distance = np.linalg.norm(points - path.c2w[0, :3, 3], axis=1)
+    gap, _ = cKDTree(fused.mesh.vertices).query(points)
+    for near, far in [(0, 25), (25, 40)]:  # at 25-40 m one pixel row spans 3-8 m of ground
+        ring = (distance >= near) & (distance < far)
+        assert np.mean(gap[ring] <= fused.voxel_size) >= 0.97, (near, far)

@@ -49,6 +49,10 @@ BOUNDS_POINTS = 1_000_000  # ... from enough frames for at most this many points
 FRAME_BATCH = 16  # frames folded in per kernel call: threads start and meet up once per batch
 TILE_RUN = 16  # tiles a thread takes at a time
 BAND_STRIDE = 4  # every 4th pixel each way finds the band blocks; the reach covers the pixels in between
+# ... which on a slanted surface (a floor far ahead) lie along the line to the next sampled point, however
+# far: the blocks along it are flagged too, unless it is more than MAX_SLANT footprints long (a depth edge,
+# with no surface between; 16 footprints: a surface seen within about 3.6 degrees of edge-on).
+MAX_SLANT = 16.0
 MIN_COMPONENT_FRACTION = 0.001  # connected pieces under 0.1% of the largest piece's area are floaters
 # The first camera is the spawn, so its whole view must be surface. Marching cubes needs all 8 corners of a
 # cube observed, which leaves a sawtooth one voxel inside every frustum edge, and no later frame of a walk
@@ -191,7 +195,8 @@ def _round_up(metres: float) -> float:
 def _mark_band(band, depth, K, c2w, origin, voxel, truncation, stride):
     """Flag the blocks that hold voxels within the truncation band of a depth point of some frame.
 
-    The reach adds `stride` pixel footprints, so the pixels between the sampled ones are covered too.
+    The reach adds `stride` pixel footprints, and the lines to the next sampled points (right and below) are
+    flagged too, so the pixels between the sampled ones are covered, slanted or not.
     """
     frames, height, width = depth.shape
     rows = (height + stride - 1) // stride
@@ -204,15 +209,43 @@ def _mark_band(band, depth, K, c2w, origin, voxel, truncation, stride):
             if d <= 0.0:
                 continue
             x, y, z = (col + 0.5 - cx) / fx * d, (row + 0.5 - cy) / fy * d, d  # the pixel centre's ray
-            reach = math.sqrt(x * x + y * y + z * z) / d * (truncation + stride * d / fx) / voxel
-            i0, i1 = _block_span((_world(c2w[f], 0, x, y, z) - origin[0]) / voxel, reach, nx)
-            j0, j1 = _block_span((_world(c2w[f], 1, x, y, z) - origin[1]) / voxel, reach, ny)
-            k0, k1 = _block_span((_world(c2w[f], 2, x, y, z) - origin[2]) / voxel, reach, nz)
-            for ti in range(i0, i1):
-                for tj in range(j0, j1):
-                    for tk in range(k0, k1):
-                        if not band[ti, tj, tk]:  # reading first keeps the threads' cache lines shared
-                            band[ti, tj, tk] = True  # every writer writes True: the race is harmless
+            footprint = stride * d / fx
+            reach = math.sqrt(x * x + y * y + z * z) / d * (truncation + footprint) / voxel
+            p = _voxel_point(c2w[f], origin, voxel, x, y, z)
+            _flag_segment(band, p, p, reach, 0)
+            for c, r_ in ((col + stride, row), (col, row + stride)):  # the next sampled points
+                if c >= width or r_ >= height or depth[f, r_, c] <= 0.0:
+                    continue
+                e = depth[f, r_, c]
+                u, v = (c + 0.5 - cx) / fx * e, (r_ + 0.5 - cy) / fy * e
+                gap = math.sqrt((u - x) ** 2 + (v - y) ** 2 + (e - z) ** 2)
+                if footprint < gap <= MAX_SLANT * footprint:  # closer: the two points' reach covers it
+                    _flag_segment(band, p, _voxel_point(c2w[f], origin, voxel, u, v, e), reach, 1)
+
+
+@numba.njit(inline="always", fastmath=True)
+def _voxel_point(c2w, origin, voxel, x, y, z):
+    """Camera point (x, y, z) in the grid's voxel coordinates."""
+    return ((_world(c2w, 0, x, y, z) - origin[0]) / voxel, (_world(c2w, 1, x, y, z) - origin[1]) / voxel,
+            (_world(c2w, 2, x, y, z) - origin[2]) / voxel)
+
+
+@numba.njit(fastmath=True)
+def _flag_segment(band, p, q, reach, first):
+    """Flag the blocks within `reach` voxels of points a block apart along p-q (voxel coordinates), from
+    point `first` on (0: p itself)."""
+    nx, ny, nz = band.shape
+    steps = math.ceil(math.sqrt((q[0] - p[0]) ** 2 + (q[1] - p[1]) ** 2 + (q[2] - p[2]) ** 2) / BLOCK)
+    for s in range(first, steps + 1):
+        t = s / steps if steps else 0.0
+        i0, i1 = _block_span(p[0] + (q[0] - p[0]) * t, reach, nx)
+        j0, j1 = _block_span(p[1] + (q[1] - p[1]) * t, reach, ny)
+        k0, k1 = _block_span(p[2] + (q[2] - p[2]) * t, reach, nz)
+        for ti in range(i0, i1):
+            for tj in range(j0, j1):
+                for tk in range(k0, k1):
+                    if not band[ti, tj, tk]:  # reading first keeps the threads' cache lines shared
+                        band[ti, tj, tk] = True  # every writer writes True: the race is harmless
 
 
 @numba.njit(inline="always", fastmath=True)
