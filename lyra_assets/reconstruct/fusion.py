@@ -200,7 +200,6 @@ def _mark_band(band, depth, K, c2w, origin, voxel, truncation, stride):
     """
     frames, height, width = depth.shape
     rows = (height + stride - 1) // stride
-    nx, ny, nz = band.shape
     for r in numba.prange(frames * rows):
         f, row = r // rows, r % rows * stride
         fx, fy, cx, cy = K[f, 0, 0], K[f, 1, 1], K[f, 0, 2], K[f, 1, 2]
@@ -212,7 +211,7 @@ def _mark_band(band, depth, K, c2w, origin, voxel, truncation, stride):
             footprint = stride * d / fx
             reach = math.sqrt(x * x + y * y + z * z) / d * (truncation + footprint) / voxel
             p = _voxel_point(c2w[f], origin, voxel, x, y, z)
-            _flag_segment(band, p, p, reach, 0)
+            _flag_cube(band, p[0], p[1], p[2], reach)
             for c, r_ in ((col + stride, row), (col, row + stride)):  # the next sampled points
                 if c >= width or r_ >= height or depth[f, r_, c] <= 0.0:
                     continue
@@ -220,7 +219,7 @@ def _mark_band(band, depth, K, c2w, origin, voxel, truncation, stride):
                 u, v = (c + 0.5 - cx) / fx * e, (r_ + 0.5 - cy) / fy * e
                 gap = math.sqrt((u - x) ** 2 + (v - y) ** 2 + (e - z) ** 2)
                 if footprint < gap <= MAX_SLANT * footprint:  # closer: the two points' reach covers it
-                    _flag_segment(band, p, _voxel_point(c2w[f], origin, voxel, u, v, e), reach, 1)
+                    _flag_between(band, p, _voxel_point(c2w[f], origin, voxel, u, v, e), reach)
 
 
 @numba.njit(inline="always", fastmath=True)
@@ -231,21 +230,27 @@ def _voxel_point(c2w, origin, voxel, x, y, z):
 
 
 @numba.njit(fastmath=True)
-def _flag_segment(band, p, q, reach, first):
-    """Flag the blocks within `reach` voxels of points a block apart along p-q (voxel coordinates), from
-    point `first` on (0: p itself)."""
-    nx, ny, nz = band.shape
+def _flag_between(band, p, q, reach):
+    """Flag the blocks within `reach` voxels of points a block apart strictly between p and q (voxel
+    coordinates): p and q are sampled points, flagged on their own."""
     steps = math.ceil(math.sqrt((q[0] - p[0]) ** 2 + (q[1] - p[1]) ** 2 + (q[2] - p[2]) ** 2) / BLOCK)
-    for s in range(first, steps + 1):
-        t = s / steps if steps else 0.0
-        i0, i1 = _block_span(p[0] + (q[0] - p[0]) * t, reach, nx)
-        j0, j1 = _block_span(p[1] + (q[1] - p[1]) * t, reach, ny)
-        k0, k1 = _block_span(p[2] + (q[2] - p[2]) * t, reach, nz)
-        for ti in range(i0, i1):
-            for tj in range(j0, j1):
-                for tk in range(k0, k1):
-                    if not band[ti, tj, tk]:  # reading first keeps the threads' cache lines shared
-                        band[ti, tj, tk] = True  # every writer writes True: the race is harmless
+    for s in range(1, steps):
+        t = s / steps
+        _flag_cube(band, p[0] + (q[0] - p[0]) * t, p[1] + (q[1] - p[1]) * t, p[2] + (q[2] - p[2]) * t, reach)
+
+
+@numba.njit(inline="always", fastmath=True)
+def _flag_cube(band, x, y, z, reach):
+    """Flag the blocks holding voxels within `reach` of voxel coordinates (x, y, z)."""
+    nx, ny, nz = band.shape
+    i0, i1 = _block_span(x, reach, nx)
+    j0, j1 = _block_span(y, reach, ny)
+    k0, k1 = _block_span(z, reach, nz)
+    for ti in range(i0, i1):
+        for tj in range(j0, j1):
+            for tk in range(k0, k1):
+                if not band[ti, tj, tk]:  # reading first keeps the threads' cache lines shared
+                    band[ti, tj, tk] = True  # every writer writes True: the race is harmless
 
 
 @numba.njit(inline="always", fastmath=True)
