@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,10 +164,14 @@ def _add_lods(builder: _GlbBuilder, asset: LevelAsset, layout: Layout,
     # Keyed by the arrays' identity: levels that share an atlas share its image, texture and material.
     textures: dict[int, int] = {}
     materials: dict[tuple[int, int], int] = {}
+    images = {id(pixels): (pixels, label) for lod in asset.lods
+              for pixels, label in ((lod.albedo, "albedo"), (lod.normal_map, "normal"))}
+    with ThreadPoolExecutor() as pool:  # Pillow's zlib releases the GIL: the PNGs encode a core each
+        encoded = dict(zip(images, pool.map(lambda image: png_bytes(*image), images.values())))
 
     def texture(pixels: np.ndarray, label: str) -> int:
         if id(pixels) not in textures:
-            image = builder.add_png(png_bytes(pixels, label), f"{asset.name}_{label}{len(builder.gltf.images)}")
+            image = builder.add_png(encoded[id(pixels)], f"{asset.name}_{label}{len(builder.gltf.images)}")
             textures[id(pixels)] = builder.add_texture(image)
         return textures[id(pixels)]
 
@@ -270,8 +275,7 @@ def png_bytes(pixels: np.ndarray, label: str) -> bytes:
     if pot != image.size:
         image = image.resize(pot, Image.Resampling.BICUBIC)
     out = io.BytesIO()
-    # zlib level 3: the export's textures in 0.37 s of CPU against 0.66 s at PIL's default 6, 20 % larger
-    image.save(out, format="PNG", compress_level=3)
+    image.save(out, format="PNG")
     return out.getvalue()
 
 
