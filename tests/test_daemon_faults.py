@@ -115,12 +115,15 @@ def test_the_daemons_own_folders_are_probed(tmp_path, monkeypatch):
 
 
 def test_an_uncaught_error_is_logged_as_one_json_line():
-    code = ("import warnings\nfrom lyra_assets.daemon.logs import route_to_log\nroute_to_log()\n"
-            "warnings.warn('careful')\nraise RuntimeError('boom')\n")
+    # watchdog, for one, logs an error through `logging` when an observer stops mid-event.
+    code = ("import logging, warnings\nfrom lyra_assets.daemon.logs import route_to_log\nroute_to_log()\n"
+            "warnings.warn('careful')\nlogging.getLogger('watchdog.observers.inotify').error('thread is inactive')\n"
+            "logging.getLogger('chatty').info('not shown')\nraise RuntimeError('boom')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     records = [json.loads(line) for line in result.stderr.splitlines()]
-    assert [r["event"] for r in records] == ["python_warning", "crashed"]
-    assert records[1]["error"] == "RuntimeError: boom" and "Traceback" in records[1]["traceback"]
+    assert [r["event"] for r in records] == ["python_warning", "library_log", "crashed"]
+    assert records[1]["level"] == "error" and records[1]["logger"] == "watchdog.observers.inotify"
+    assert records[2]["error"] == "RuntimeError: boom" and "Traceback" in records[2]["traceback"]
 
 
 # -- the torture run -----------------------------------------------------------------------------------------
