@@ -648,6 +648,35 @@ def test_filing_never_overwrites_and_keeps_a_group_together(tmp_path):
     assert (done / "a.toml").read_text() == "older" and (done / "a~2.png").read_bytes() == b"image"
 
 
+def test_a_filing_cut_short_is_finished_under_the_names_it_chose(tmp_path, monkeypatch):
+    work, failed = tmp_path / "work", tmp_path / "failed"
+    work.mkdir(), failed.mkdir()
+    (failed / "a.png").write_text("older")
+    plan, note, image = work / ".filing.json", work / ".note.json", work / "1.png"
+    note.write_text("report")
+    image.write_bytes(b"image")
+    files = [(note, "a.png.error.json"), (image, "a.png")]
+    real_rename, moves = os.rename, []
+
+    def killed_after_one_move(src, dst):
+        if moves:
+            raise SystemExit("killed")
+        moves.append(dst)
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", killed_after_one_move)
+    with pytest.raises(SystemExit):
+        file_group(files, failed, "a", plan)
+    monkeypatch.setattr(os, "rename", real_rename)
+    (failed / "a~3.png").write_text("another group filed meanwhile")  # takes no name of the plan
+    went = file_group(files, failed, "a", plan)
+    assert [p.name for p in went] == ["a~2.png.error.json", "a~2.png"]
+    assert sorted(p.name for p in failed.iterdir()) == ["a.png", "a~2.png", "a~2.png.error.json", "a~3.png"]
+    # Killed after every move, before the journal took note: the next try moves nothing and says where it went.
+    assert [p.name for p in file_group(files, failed, "a", plan)] == ["a~2.png.error.json", "a~2.png"]
+    assert len(list(failed.iterdir())) == 4
+
+
 def test_defaults_are_checked_and_a_sidecar_wins_over_them(tmp_path):
     (tmp_path / "defaults.toml").write_text(FAST_DEFAULTS)
     defaults = load_defaults(tmp_path / "defaults.toml")

@@ -265,11 +265,9 @@ def test_torture_mixed_drops_kills_a_frozen_daemon_and_a_broken_out_folder(tmp_p
     assert {e["file"] for e in events if e["event"] == "ignored"} >= ignored
     assert set(os.listdir(inbox)) == ignored
     for j in jobs:
-        # A kill between moving a job's originals and writing that down leaves filed_as empty while the
-        # originals are filed all the same (a known window in the daemon's _file; see the session note).
-        assert (j["filed_as"] and (root / j["filed_as"]).exists()) or (
-            j["state"] in ("failed", "done", "duplicate")
-            and any((root / f / j["file"]).exists() for f in ("failed", "done"))), j
+        # Filed once, and the journal says where (a kill mid-filing is finished under the names it chose).
+        assert j["filed_as"] and (root / j["filed_as"]).exists(), j
+    assert len(list((root / "failed").glob("*.error.json"))) == sum(j["state"] == "failed" for j in jobs)
     by_file = {nfc(j["file"]): j for j in jobs if not j["rerun_of"] and j["file"] != "early.png"}
     for name, says in failed.items():
         job = by_file.get(nfc(name)) or next(j for j in jobs if nfc(name) in map(nfc, j["sidecars"]))

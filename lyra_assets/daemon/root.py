@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LyraAssetsError
+from ..files import write_json_atomically
 
 NAME_BYTES = 240  # under the usual 255-byte limit on a file name
 MIN_FREE_BYTES = 256 * 2**20  # below this the daemon stops taking work: a full disk fails every job
@@ -101,23 +103,51 @@ def printable(name: str) -> str:
     return os.fsencode(name).decode("utf-8", "replace")
 
 
-def file_group(files: list[tuple[Path, str]], folder: Path, stem: str) -> list[Path | None]:
+def file_group(files: list[tuple[Path, str]], folder: Path, stem: str, plan: Path | None = None
+               ) -> list[Path | None]:
     """Move (current path, wanted name) pairs into `folder`; every wanted name starts with `stem`. If any name
     is taken, the whole group moves as stem~2..., stem~3..., so an image, its sidecar and its note stay
     together. Never overwrites; the caller holds the journal's write lock, so two daemons never pick the same
-    free name. Returns where each file went (None for one already gone: a finished earlier try moved it)."""
+    free name. Returns where each file went (None for one already gone that no plan names).
+
+    With `plan` (a file in the job's work folder), the names are written there before anything moves: a
+    filing cut short (its daemon killed between the moves and the journal's record of them) is finished by
+    the next try into the same names, so the group is filed once and the caller learns where it went."""
+    targets = _planned(plan, files)
+    if targets is None:
+        targets = _free_names(files, folder, stem)
+        if plan is not None:
+            write_json_atomically(plan, [str(target) for target in targets])
+    went: list[Path | None] = []
+    for (src, _), target in zip(files, targets, strict=True):
+        if os.path.lexists(src):
+            os.rename(src, target)  # a rename moves a symbolic link itself, never what it points to
+        went.append(target if os.path.lexists(target) else None)
+    return went
+
+
+def _free_names(files: list[tuple[Path, str]], folder: Path, stem: str) -> list[Path]:
+    """The first stem, stem~2, ... under which no name of the group (present or already gone) is taken."""
     rests = [name[len(stem):] for _, name in files]
-    present = [os.path.lexists(src) for src, _ in files]
     for n in range(1, 100_000):
         tag = "" if n == 1 else f"~{n}"
         head = _fit(stem, tag + max(rests, key=len))
         targets = [folder / (head + tag + rest) for rest in rests]
         if not any(os.path.lexists(target) for target in targets):
-            for (src, _), target, there in zip(files, targets, present, strict=True):
-                if there:
-                    os.rename(src, target)  # a rename moves a symbolic link itself, never what it points to
-            return [target if there else None for target, there in zip(targets, present, strict=True)]
+            return targets
     raise RuntimeError(f"{folder}: no free name for {stem}")
+
+
+def _planned(plan: Path | None, files: list[tuple[Path, str]]) -> list[Path] | None:
+    """The names an earlier, cut-short filing of this group chose, if they still fit: one per file, and none
+    taken by another group while this one waited (then the group is filed afresh)."""
+    if plan is None or not plan.is_file():
+        return None
+    targets = [Path(name) for name in json.loads(plan.read_text(encoding="utf-8"))]
+    if len(targets) != len(files) or any(os.path.lexists(src) and os.path.lexists(target)
+                                         for (src, _), target in zip(files, targets)):
+        return None
+    return targets
 
 
 def _fit(stem: str, longest_rest: str) -> str:

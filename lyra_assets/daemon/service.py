@@ -640,15 +640,16 @@ class Service:
         # Every name of the group starts with the image's stem (a sidecar paired by its NFC form takes it).
         named = base if stem is None else stem
         files = [(self._work_sidecar(row, s), named + os.path.splitext(s)[1]) for s in row.sidecars]
+        plan = folder / ".filing.json"  # the names chosen, kept until the journal records the filing
         note = self._note(row)
         if note is not None:
             suffix, content = note
-            write_json_atomically(folder / ".note.json", content)
+            if not plan.exists():  # else a filing cut short has written (and maybe moved) the note already
+                write_json_atomically(folder / ".note.json", content)
             files.append((folder / ".note.json", named + row.source[len(base):] + suffix))
-        # The image moves last: if filing is cut short, a retry still finds it and records where it went.
         files.append((self._work_file(row), named + row.source[len(base):]))
         with self.journal.locked():
-            went = file_group(files, self.root.failed if row.state == "failed" else self.root.done, named)
+            went = file_group(files, self.root.failed if row.state == "failed" else self.root.done, named, plan)
             self.journal.update(row.id, filed=True, owner=None, filed_as=None if went[-1] is None else str(went[-1]))
         shutil.rmtree(folder, ignore_errors=True)
 
