@@ -6,7 +6,8 @@
     every level: a normal map baked from the dense mesh at the level's texture size (bake.py)
     every atlas: albedo baked from the frames; the levels sharing LOD0's atlas share its albedo image
       (the same array, so the exporter writes it once)
-    then errors and screen coverages (lod.py), and the collider from LOD0 (collision.py)
+    then errors and screen coverages (lod.py), and the collider from LOD0 (collision.py): worked out on a
+      thread of their own, beside the unwrap and the bake
 Before all that, the floor is extended under the spawn (the first camera) where no frame saw it (spawn.py),
 so LOD0 and the collider have ground there.
 
@@ -19,6 +20,7 @@ fit gets twice its texture size, up to LOD0's (the manifest lists each level's s
 """
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +79,36 @@ def make_level_asset(name: str, dense: trimesh.Trimesh, walk: Walkthrough,
     lod0_vertices = base_vertices[lod0_kept]
     progress("lod", 1, n_levels, "LOD0")
 
+    # Neither the levels' errors nor the collider need UVs or textures: they are worked out on a thread
+    # beside the unwrap and the bake, on the core those leave free (xatlas packs on one; each level's texel
+    # layout and gutter fill are serial).
+    beside = ThreadPoolExecutor(1, thread_name_prefix="errors-and-collider")
+    try:
+        dense_samples = beside.submit(surface_samples, surface.vertices, surface.faces)
+
+        def error_of(vertices: np.ndarray, faces: np.ndarray) -> Future[float]:
+            return beside.submit(lambda: geometric_error(vertices, faces, surface, dense_samples.result()))
+
+        errors = [error_of(lod0_vertices, lod0_faces)]
+        collider = beside.submit(make_collider, lod0_vertices, lod0_faces, settings.collider_triangles,
+                                 walk.path.c2w[:, :3, 3])
+        levels = _levels(lod0_vertices, lod0_faces, settings, progress)
+        errors += [error_of(g.vertices, g.faces) for g in levels[1:]]
+        lods = _bake(levels, surface, walk, progress)
+        diameter = float(np.linalg.norm(np.ptp(lod0_vertices, axis=0)))
+        errors_m = [error.result() for error in errors]
+        coverages = screen_coverages(errors_m, [len(g.faces) for g in levels], diameter)
+        for lod, error, coverage in zip(lods, errors_m, coverages):
+            lod.geometric_error, lod.screen_coverage = error, coverage
+        return LevelAsset(name, lods, collider.result(), spawn=spawn)
+    finally:
+        beside.shutdown(cancel_futures=True)  # after an error: the running task only is waited for
+
+
+def _levels(lod0_vertices: np.ndarray, lod0_faces: np.ndarray, settings: AssetSettings,
+            progress: Progress) -> list[_Geometry]:
+    """LOD0 on its atlas, then each lower level: on LOD0's atlas, or simplified freely and unwrapped alone."""
+    n_levels = 1 + len(settings.lod_ratios)
     progress("uv", 0, 1)
     lod0_atlas = unwrap_fitting(lod0_vertices, lod0_faces, settings.texture_size, settings.padding,
                                 settings.texels_per_metre, "LOD0")
@@ -107,16 +139,7 @@ def make_level_asset(name: str, dense: trimesh.Trimesh, walk: Walkthrough,
             atlases += 1
             progress("uv", atlases, n_atlases, f"LOD{k} atlas")
         levels.append(plan)
-
-    lods = _bake(levels, surface, walk, progress)
-    dense_samples = surface_samples(surface.vertices, surface.faces)
-    errors = [geometric_error(g.vertices, g.faces, surface, dense_samples) for g in levels]
-    diameter = float(np.linalg.norm(np.ptp(lod0_vertices, axis=0)))
-    coverages = screen_coverages(errors, [len(g.faces) for g in levels], diameter)
-    for lod, error, coverage in zip(lods, errors, coverages):
-        lod.geometric_error, lod.screen_coverage = error, coverage
-    collider = make_collider(lod0_vertices, lod0_faces, settings.collider_triangles, walk.path.c2w[:, :3, 3])
-    return LevelAsset(name, lods, collider, spawn=spawn)
+    return levels
 
 
 def _own_atlas(vertices: np.ndarray, faces: np.ndarray, level: int, settings: AssetSettings) -> _Geometry:

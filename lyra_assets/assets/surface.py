@@ -94,7 +94,7 @@ def _barycentrics(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     return np.column_stack([1.0 - v - w, v, w])
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)  # the errors' grids are filed beside the bake's threads
 def _file_triangles(vertices, faces, origin, cell, dims):
     """CSR lists of the triangles whose bounding box touches each grid cell: (start (cells + 1,), faces)."""
     start = np.zeros(dims[0] * dims[1] * dims[2] + 1, np.int64)

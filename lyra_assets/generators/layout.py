@@ -24,7 +24,9 @@ is a room; a steep downward view (from the vertical vanishing point) is aerial.
 from __future__ import annotations
 
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -111,6 +113,10 @@ class Layout:
     labelled: np.ndarray  # (h, w, 3) uint8
     room: Room | None = None
     scene: OpenScene | None = None
+    # Frames rendered at once. The room's numpy renderer keeps a core busy only with another frame beside
+    # it (its array operations release the GIL); the open scene's kernel is parallel already, and numba's
+    # default threading layer must not be entered from two threads at once.
+    frames_at_once: int = 1
 
 
 class LayoutGenerator:
@@ -142,9 +148,13 @@ class LayoutGenerator:
         frames = np.empty((n, h, w, 3), np.uint8)
         depth = np.empty((n, h, w), np.float32)
         observed = np.empty((n, h, w), bool)
-        for i in range(n):
+
+        def render(i: int) -> None:
             frames[i], depth[i], observed[i] = layout.render(path.K[i], path.c2w[i], w, h)
-            progress("generate", i + 1, n, "rendering the layout")
+
+        with ThreadPoolExecutor(layout.frames_at_once) as pool:
+            for done, _ in enumerate(pool.map(render, range(n)), start=1):
+                progress("generate", done, n, "rendering the layout")
         info = {"generator": {"name": self.name, "version": __version__, "licence": self.licence,
                               "layout": layout.fit},
                 "timings_s": {"generate": round(time.perf_counter() - started, 3)}}
@@ -218,7 +228,8 @@ def room_layout(pixels: np.ndarray, K: np.ndarray, hfov: float, eye: float, hint
     vx, vy = (int(round(c)) for c in fit["vanishing_point"])
     for cx, cy in ((0, 0), (pixels.shape[1], 0), (0, pixels.shape[0]), (pixels.shape[1], pixels.shape[0])):
         cv2.line(labelled, (vx, vy), (cx, cy), (255, 60, 60), max(1, thick // 2), cv2.LINE_AA)
-    return Layout(lambda K_, c2w, w, h: render(room, atlas, K_, c2w, w, h), space, fit, labelled, room=room)
+    return Layout(lambda K_, c2w, w, h: render(room, atlas, K_, c2w, w, h), space, fit, labelled, room=room,
+                  frames_at_once=min(os.cpu_count() or 1, 4))  # a frame's temporaries: ~30 MB
 
 
 def open_layout(pixels: np.ndarray, K: np.ndarray, reading: open_scene.Reading, hints: LayoutHints, eye: float,
