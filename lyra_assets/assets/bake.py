@@ -29,7 +29,6 @@ import numpy as np
 
 from ..walkthrough import Walkthrough
 from .colour import SRGB_TO_LINEAR, to_srgb8
-from .geometry import unit
 from .surface import Surface, SurfaceHit
 
 SYNTHESISED_WEIGHT = 0.1  # a synthesised pixel's say relative to an observed one
@@ -287,10 +286,26 @@ class _AlbedoImage(_TexelImage):
 
 def _encode_normals(tex: Texels, hit: SurfaceHit) -> np.ndarray:
     """(T, 3) uint8: the dense normals at `hit` in the texels' tangent frames, glTF-encoded."""
-    n = hit.normals.astype(np.float64)
-    local = np.stack([np.sum(n * tex.tangents, axis=1), np.sum(n * tex.bitangents, axis=1),
-                      np.sum(n * tex.normals, axis=1)], axis=1)
-    return np.clip((unit(local) * 0.5 + 0.5) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return _tangent_space(hit.normals, tex.tangents, tex.bitangents, tex.normals)
+
+
+@numba.njit(cache=True, nogil=True)
+def _tangent_space(normals, tangents, bitangents, frame_normals):
+    """Each normal in its (tangent, bitangent, normal) frame, made unit (a zero one stays zero), as
+    round((x * 0.5 + 0.5) * 255) per axis."""
+    out = np.empty((len(normals), 3), np.uint8)
+    for i in range(len(normals)):
+        x, y, z = 0.0, 0.0, 0.0
+        for k in range(3):
+            n = np.float64(normals[i, k])
+            x += n * tangents[i, k]
+            y += n * bitangents[i, k]
+            z += n * frame_normals[i, k]
+        length = np.sqrt(x * x + y * y + z * z)
+        scale = 1.0 / length if length > 0.0 else 1.0
+        for k, value in ((0, x), (1, y), (2, z)):
+            out[i, k] = np.uint8(min(max((value * scale * 0.5 + 0.5) * 255.0 + 0.5, 0.0), 255.0))
+    return out
 
 
 def bake_normal_map(tex: Texels, hit: SurfaceHit) -> np.ndarray:

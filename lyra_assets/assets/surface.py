@@ -143,9 +143,15 @@ def _grid_closest(points, vertices, faces, origin, cell, dims, cell_start, cell_
         ck = int(np.floor((q[2] - origin[2]) / cell))
         best, best_face = np.inf, -1
         b0, b1, b2 = 0.0, 0.0, 0.0
+        # q's distance to its own cell's sides: every cell of shell s is at least (s - 1) cells farther
+        inside = np.inf
+        for k, index in ((0, ci), (1, cj), (2, ck)):
+            lo = origin[k] + index * cell
+            inside = min(inside, q[k] - lo, lo + cell - q[k])
+        inside = max(inside, 0.0)
         for s in range(shells + 1):
-            if s > 0 and best <= ((s - 1) * cell) ** 2:
-                break  # every cell of shell s is at least (s - 1) cells away
+            if s > 0 and best <= ((s - 1) * cell + inside) ** 2:
+                break  # no cell of shell s holds anything closer
             for a in range(max(ci - s, 0), min(ci + s + 1, dims[0])):
                 for b in range(max(cj - s, 0), min(cj + s + 1, dims[1])):
                     for c in range(max(ck - s, 0), min(ck + s + 1, dims[2])):
