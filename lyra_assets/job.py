@@ -217,7 +217,7 @@ def _resolve(image_path: Path, sha256: str, name: str, layers: list[Layer], side
              trajectory: str | Path | PathFile | None, preset_dirs: list[Path] | None) -> JobSpec:
     for layer in layers:
         check_layer(layer)
-    chooser = {key: next((l for l in reversed(layers) if key in l.table), None) for key in NAMES}
+    chooser = {key: next((layer for layer in reversed(layers) if key in layer.table), None) for key in NAMES}
     chosen = {key: None if layer is None else layer.table[key] for key, layer in chooser.items()}
     generator = chosen["generator"] or generators.DEFAULT
     preset_name = chosen["preset"] or DEFAULT_PRESET
@@ -230,7 +230,7 @@ def _resolve(image_path: Path, sha256: str, name: str, layers: list[Layer], side
     merged: dict[str, Any] = {}
     for layer in [base, *layers]:
         merged = deep_merge(merged, {k: v for k, v in layer.table.items() if k not in NAMES})
-    source = " / ".join(l.source for l in layers) or f"preset {preset_name!r}"
+    source = " / ".join(layer.source for layer in layers) or f"preset {preset_name!r}"
 
     path_file, camera_path = (trajectory, None) if isinstance(trajectory, PathFile) else (None, None)
     if trajectory is not None and path_file is None:

@@ -466,8 +466,8 @@ def street_vanishing_point(segments: np.ndarray, down: np.ndarray, K: np.ndarray
     below = np.minimum(segments[:, 1], segments[:, 3]) > horizon_row(down, K, (segments[:, 0] + segments[:, 2]) / 2)
     ground = segments[receding & below]
     if len(ground) >= 3:
-        meets = np.cross(np.cross(np.c_[ground[:, :2], np.ones(len(ground))], np.c_[ground[:, 2:], np.ones(len(ground))]),
-                         horizon)
+        ones = np.ones(len(ground))
+        meets = np.cross(np.cross(np.c_[ground[:, :2], ones], np.c_[ground[:, 2:], ones]), horizon)
         x = meets[:, 0] / meets[:, 2]
         order = np.argsort(x)
         weight = np.hypot(dx, dy)[receding & below][order]
@@ -491,11 +491,13 @@ def street_wall_feet(labels: np.ndarray, vanishing_point: np.ndarray, share: flo
     vx, vy = vanishing_point
     out = np.full(w, np.nan)
     for side in (cols < vx - 1, cols > vx + 1):
-        edge_ward = side & (np.abs(cols + 0.5 - vx) >= 0.5 * np.abs(cols + 0.5 - vx)[side].max()) if side.any() else side
+        off_centre = np.abs(cols + 0.5 - vx)
+        edge_ward = side & (off_centre >= 0.5 * off_centre[side].max()) if side.any() else side
         use = edge_ward & on_ground & (foot + 1 > vy)
         if use.sum() < 0.2 * max(edge_ward.sum(), 1):
             continue
-        slope = np.quantile((foot[use] + 1 - vy) / (cols[use] + 0.5 - vx), share if vx < cols[use].mean() else 1 - share)
+        slope = np.quantile((foot[use] + 1 - vy) / (cols[use] + 0.5 - vx),
+                            share if vx < cols[use].mean() else 1 - share)
         out[side] = vy + slope * (cols[side] + 0.5 - vx)
     return out
 

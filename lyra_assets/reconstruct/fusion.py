@@ -387,8 +387,8 @@ def _integrate(tsdf, weight, colour, colour_weight, tiles, blocks, origin, voxel
                     continue
                 # one flat index per voxel instead of three (each would be checked for wrapping round)
                 _integrate_tile(tsdf[ti, tj, tk].reshape(-1), weight[ti, tj, tk].reshape(-1),
-                                colour[ti, tj, tk].reshape(-1, 3), colour_weight[ti, tj, tk].reshape(-1), blocks[n], view, fx, fy, cx, cy, bx, by, bz, voxel,
-                                truncation, depth[f], rgb[f], guard[f])
+                                colour[ti, tj, tk].reshape(-1, 3), colour_weight[ti, tj, tk].reshape(-1), blocks[n],
+                                view, fx, fy, cx, cy, bx, by, bz, voxel, truncation, depth[f], rgb[f], guard[f])
 
 
 @numba.njit(cache=True, fastmath=True)
