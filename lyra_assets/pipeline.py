@@ -21,7 +21,6 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from . import __version__, generators
-from .assets.bake import _group_by_rank
 from .assets.collision import spawn_clearance
 from .assets.level import make_level_asset
 from .errors import LyraAssetsError
@@ -39,7 +38,7 @@ from .provenance import Provenance
 from .settings import TABLES
 from .reconstruct.fusion import fuse
 from .walkthrough import Walkthrough
-from .warmup import compiles_reported
+from .warmup import compiles_reported, set_up_numba
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 COMPILE_NOTE = " (once; `lyra-assets warm-up` compiles them all ahead)"
@@ -89,7 +88,7 @@ def _compiles_reported(stages: Callable[..., T]) -> Callable[..., T]:
 def walk(spec: JobSpec, progress: Progress = silent) -> Walkthrough:
     """Run the job's generator along the preset's (or the given) camera path."""
     _one_malloc_arena()
-    threading.Thread(target=_numba_set_up, name="numba set-up").start()
+    threading.Thread(target=set_up_numba, name="numba set-up").start()  # while the picture is read
     started = time.perf_counter()
     image = load_concept_image(spec.image_path)  # checked before any other work: a bad image costs nothing
     if image.sha256 != spec.image_sha256:
@@ -357,14 +356,6 @@ def _one_malloc_arena() -> None:
         ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 1)
     except (OSError, AttributeError):
         pass
-
-
-def _numba_set_up() -> None:
-    """numba's first kernel call in a process sets up its compiler context: 0.3-0.5 s even with every kernel in
-    the cache, paid by the first stage that runs one (fusion). A tiny call on a thread of its own pays it while
-    the generator reads the picture, mostly on one core. A serial kernel: numba's default threading layer
-    must not run two parallel ones at once."""
-    _group_by_rank(np.full(1, -1, np.int32), np.zeros(1, np.int64))
 
 
 def _with_walkthrough_saved(walkthrough: Walkthrough, target: Path, force: bool, progress: Progress,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 import cv2
+import numba
 import numpy as np
 
 from .progress import Progress, silent
@@ -65,6 +66,18 @@ def warm_up(progress: Progress = silent) -> WarmUp:
         memory.render(path.K[1], path.c2w[1], path.width, path.height)
     progress("warm-up", 1, 1, f"{len(compiled)} kernels compiled" if compiled else "every kernel was compiled")
     return WarmUp(compiled, time.perf_counter() - started, os.environ.get("NUMBA_CACHE_DIR", ""))
+
+
+def set_up_numba() -> None:
+    """numba's first kernel call in a process sets up its compiler context: 0.3-0.5 s even with every kernel
+    in the cache, paid by the first stage that runs one (fusion) unless this ran first, on a thread where a
+    core is free (`walk` starts it while the generator reads the picture)."""
+    _first_kernel(np.zeros(1))
+
+
+@numba.njit(cache=True)
+def _first_kernel(x):  # serial: numba's default threading layer must not run two parallel kernels at once
+    return x.sum()
 
 
 @contextmanager
