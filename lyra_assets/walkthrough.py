@@ -21,8 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
-import threading
 import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,7 +37,6 @@ from .splats import GaussianSplats, read_ply, write_ply
 from .trajectory import CameraPath
 
 FORMAT_VERSION = 2
-BACKGROUND_NICE = 10  # the background writer's priority: about a tenth of a core against a busy stage
 READABLE_VERSIONS = (1, 2)
 DEPTH_RELATIVE_PRECISION = 2.0**-11  # float16 rounding: at most this fraction of the depth (module doc)
 FLOAT16_MAX = 65504.0
@@ -118,10 +115,10 @@ class Walkthrough:
         """`save` on a thread of its own, so later stages need not wait for the files; the future's
         result() is the folder, or raises what the writer raised. The arrays must not change meanwhile.
 
-        The writer yields the cores (on Linux its threads and its video encoder run at nice BACKGROUND_NICE):
-        the stages after it need them now, and it need only be done when they are; it fills the gaps they
-        leave (the unwrap and the bake's serial steps keep one core)."""
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="walkthrough-save", initializer=_yield_cores)
+        It runs at the build's own priority: at a lower one (nice 10 was tried) the stages got the cores first
+        on an idle machine, but on a busy one (a daemon's other worker, CI) the writer starved and the build
+        waited for it (41 frames beside two busy processes: 46.9 s against 20.3 s)."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="walkthrough-save")
         try:
             return pool.submit(self.save, folder, force)
         finally:
@@ -225,15 +222,6 @@ def _read_rgb(path: Path, width: int | None = None, height: int | None = None) -
     if width is not None and image.shape[:2] != (height, width):
         raise LyraAssetsError(f"{path}: {image.shape[1]}x{image.shape[0]} but the cameras are {width}x{height}")
     return np.ascontiguousarray(image[:, :, ::-1])
-
-
-def _yield_cores() -> None:
-    """This thread, and the threads and processes it starts, at a lower priority (Linux: nice is per thread)."""
-    if sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-        except OSError:  # not allowed here (a sandbox): then at the build's own priority
-            pass
 
 
 def write_preview_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
