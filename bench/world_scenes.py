@@ -135,7 +135,8 @@ def sphere(name, centre, r, mat, rings=8, segments=16) -> None:
         phi = -np.pi / 2 + np.pi * i / rings
         for j in range(segments):
             t = 2 * np.pi * j / segments
-            v.append((cx + r * math.cos(phi) * math.cos(t), cy + r * math.cos(phi) * math.sin(t), cz + r * math.sin(phi)))
+            ring = r * math.cos(phi)
+            v.append((cx + ring * math.cos(t), cy + ring * math.sin(t), cz + r * math.sin(phi)))
     v.append((cx, cy, cz + r))
     top = len(v) - 1
     f = [(0, 1 + (j + 1) % segments, 1 + j) for j in range(segments)]
@@ -190,7 +191,9 @@ def tree(name, x, y, rng, mats) -> None:
 
 
 def _materials(rng) -> dict:
-    jitter = lambda c: tuple(float(np.clip(x + rng.uniform(-0.06, 0.06), 0, 1)) for x in c)
+    def jitter(c):
+        return tuple(float(np.clip(x + rng.uniform(-0.06, 0.06), 0, 1)) for x in c)
+
     return {
         "brick": _material("brick", "brick", jitter((0.55, 0.22, 0.15)), (0.75, 0.72, 0.68), 1.6),
         "brick2": _material("brick2", "brick", jitter((0.75, 0.6, 0.4)), (0.9, 0.88, 0.8), 1.4),

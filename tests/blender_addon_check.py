@@ -150,7 +150,8 @@ def extend_job(spec):
     points = bpy.data.objects.get("corridor_points")
     cameras = bpy.data.objects.get("corridor_cameras")
     return {"result": sorted(result), "panel_error": addon("operators").STATE.error,
-            "by_preset": [by_preset.folder, by_preset.preset, by_preset.trajectory, by_preset.frames], "old": old, "old_root_left": any(obj.session_uid == old["uid"] for obj in bpy.data.objects),
+            "by_preset": [by_preset.folder, by_preset.preset, by_preset.trajectory, by_preset.frames], "old": old,
+            "old_root_left": any(obj.session_uid == old["uid"] for obj in bpy.data.objects),
             "root": describe(root), "new_uid": root.session_uid,
             "level_collections": [c.name for c in scene.collection.children if c.name.startswith("corridor")],
             "collection_objects": sorted(obj.name for obj in root.users_collection[0].all_objects),

@@ -26,10 +26,10 @@ import clients  # tests/ is on sys.path (conftest.py)
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # blender_addon's plain-Python modules (they import no bpy)
 
-from blender_addon import camera_path, protocol
-from blender_addon.protocol import (BuildRequest, DoneEvent, ErrorEvent, ExtendRequest, JobProgress, ProgressEvent,
-                                    parse_line)
-from blender_addon.runner import PipelineError, PipelineRun, run_quick
+from blender_addon import camera_path, protocol  # noqa: E402 (after the sys.path line)
+from blender_addon.protocol import (  # noqa: E402
+    BuildRequest, DoneEvent, ErrorEvent, ExtendRequest, JobProgress, ProgressEvent, parse_line)
+from blender_addon.runner import PipelineError, PipelineRun, run_quick  # noqa: E402
 
 ADDON = REPO / "blender_addon"
 CHECK_SCRIPT = REPO / "tests" / "blender_addon_check.py"

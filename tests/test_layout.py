@@ -220,7 +220,8 @@ def test_outdoor_revisits_are_identical_and_the_sky_stays_unknown(plaza, tmp_pat
     n = len(walk)
     assert not np.array_equal(walk.frames[0], walk.frames[n // 2])
     for i in range(n):
-        assert np.array_equal(walk.frames[i], walk.frames[n - 1 - i]) and np.array_equal(walk.depth[i], walk.depth[n - 1 - i])
+        assert np.array_equal(walk.frames[i], walk.frames[n - 1 - i])
+        assert np.array_equal(walk.depth[i], walk.depth[n - 1 - i])
     assert (walk.depth == 0).mean() > 0.2  # the sky, in every frame
     assert walk.labelled is not None and walk.labelled.ndim == 3
     assert walk.info["generator"]["layout"]["case"] == "outdoor"
@@ -231,7 +232,8 @@ def test_outdoor_revisits_are_identical_and_the_sky_stays_unknown(plaza, tmp_pat
 def test_no_camera_walks_into_a_popup():
     blocking = OpenGroundScene(blocks=[(np.array([-1.0, -1.0, 6.0]), np.array([1.5, 1.6, 7.0]))])
     image = _open_image(blocking)[0]
-    preset = load_preset("walk_forward", overrides={"path": {"distance_m": 20.0, "frames": 21}, **{"camera": SMALL["camera"]}})
+    preset = load_preset("walk_forward",
+                         overrides={"path": {"distance_m": 20.0, "frames": 21}, "camera": SMALL["camera"]})
     generator = LayoutGenerator(preset, {})
     space = generator.survey(image)
     path, notes = camera_path(preset, space)
@@ -366,7 +368,8 @@ def test_walled_in_the_dome_behind_shows_walls_not_the_slice_of_sky():
     behind = (slice(rows // 2 - 20, rows // 2 - 5), slice(0, 10))  # 5-20 degrees up, straight back
     for walled_in, colour in ((True, (150, 80, 50)), (False, (120, 170, 240))):
         dome = open_scene.dome_texture(pixels, K, owner, down, right, forward, np.full(3, 90.0), walled_in)
-        assert np.abs(dome[behind].reshape(-1, 3).mean(axis=0) - colour).max() < 12, (walled_in, dome[behind].mean((0, 1)))
+        mean = dome[behind].reshape(-1, 3).mean(axis=0)
+        assert np.abs(mean - colour).max() < 12, (walled_in, mean)
 
 
 def test_a_streets_vanishing_point_is_where_its_ground_lines_cross_the_horizon():

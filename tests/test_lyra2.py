@@ -78,8 +78,8 @@ class cuda:
         return _Properties()
 '''
 
-FAKE_GENERATE = '''"""TEST DOUBLE of Lyra 2.0's lyra2_custom_traj_inference (tests/test_lyra2.py): checks the inputs as Lyra
-reads them, then ray casts the test's box room along the trajectory instead of generating a video."""
+FAKE_GENERATE = '''"""TEST DOUBLE of Lyra 2.0's lyra2_custom_traj_inference (tests/test_lyra2.py): checks the inputs
+as Lyra reads them, then ray casts the test's box room along the trajectory instead of generating a video."""
 import argparse
 import json
 import sys
@@ -141,8 +141,8 @@ write_preview_mp4(out / f"{stem}.mp4", frames, 16.0)
 print(f"Saved video: {out / stem}.mp4", flush=True)
 '''
 
-FAKE_RECONSTRUCT = '''"""TEST DOUBLE of Lyra 2.0's vipe_da3_gs_recon (tests/test_lyra2.py): writes the test's splats and its
-cameras, in a frame of its own, as Lyra's reconstruction writes them."""
+FAKE_RECONSTRUCT = '''"""TEST DOUBLE of Lyra 2.0's vipe_da3_gs_recon (tests/test_lyra2.py): writes the test's splats and
+its cameras, in a frame of its own, as Lyra's reconstruction writes them."""
 import argparse
 import json
 import shutil
