@@ -398,34 +398,30 @@ def _integrate_tile(tile_tsdf, tile_weight, tile_colour, tile_colour_weight, blo
     by, bz)."""
     height, width = depth.shape
     one = np.float32(1.0)
-    # Camera coordinates move by a constant step along each tile axis, so no matrix product per voxel. They are
-    # float32 (metres from the camera: micrometre rounding), as are the loop's other values: numba would
-    # promote an integer index times a float32 to float64.
+    # Camera coordinates move by a constant step along each tile axis, so no matrix product per voxel. The steps
+    # are rounded to float32, but numba promotes an integer index times a float32 to float64, so the loop
+    # computes in float64 (an all-float32 loop measured no faster, and moves voxels across pixel edges).
     f32 = np.float32
     ax, ay, az = f32(view[0, 0] * voxel), f32(view[1, 0] * voxel), f32(view[2, 0] * voxel)
     sbx, sby, sbz = f32(view[0, 1] * voxel), f32(view[1, 1] * voxel), f32(view[2, 1] * voxel)
     sx, sy, sz = f32(view[0, 2] * voxel), f32(view[1, 2] * voxel), f32(view[2, 2] * voxel)
     bx, by, bz, fx, fy, cx, cy = f32(bx), f32(by), f32(bz), f32(fx), f32(fy), f32(cx), f32(cy)
-    near, inside_w, inside_h = f32(1e-6), f32(width), f32(height)
-    band, per_band = f32(truncation), f32(1.0 / truncation)
     for block in range(8):
         if not blocks & (1 << block):
             continue
         a0, b0, c0 = (block >> 2) * BLOCK, (block >> 1 & 1) * BLOCK, (block & 1) * BLOCK
         for a in range(a0, a0 + BLOCK):
             for b in range(b0, b0 + BLOCK):
-                fa, fb = f32(a), f32(b)
-                px, py, pz = bx + fa * ax + fb * sbx, by + fa * ay + fb * sby, bz + fa * az + fb * sbz
+                px, py, pz = bx + a * ax + b * sbx, by + a * ay + b * sby, bz + a * az + b * sbz
                 for c in range(c0, c0 + BLOCK):
                     i = (a * TILE + b) * TILE + c
-                    fc = f32(c)
-                    zc = pz + fc * sz
-                    if zc <= near:
+                    zc = pz + c * sz
+                    if zc <= 1e-6:
                         continue
                     inv = one / zc
-                    u = fx * (px + fc * sx) * inv + cx
-                    v = fy * (py + fc * sy) * inv + cy
-                    if f32(0.0) <= u < inside_w and f32(0.0) <= v < inside_h:
+                    u = fx * (px + c * sx) * inv + cx
+                    v = fy * (py + c * sy) * inv + cy
+                    if f32(0.0) <= u < width and f32(0.0) <= v < height:
                         row, col = int(v), int(u)  # the pixel whose area holds (u, v) (its centre is at +0.5)
                         d = depth[row, col]
                         if d <= 0.0:  # unknown depth says nothing: neither surface nor free space
@@ -439,16 +435,15 @@ def _integrate_tile(tile_tsdf, tile_weight, tile_colour, tile_colour_weight, blo
                         if depth[row, col] <= 0.0:
                             continue
                         outside_u, outside_v = not 0.0 <= u < width, not 0.0 <= v < height
-                        d = f32(_extrapolated(depth, row, col, u - col - 0.5 if outside_u else 0.0,
-                                              v - row - 0.5 if outside_v else 0.0))
+                        d = _extrapolated(depth, row, col, u - col - 0.5 if outside_u else 0.0,
+                                          v - row - 0.5 if outside_v else 0.0)
                         if d <= 0.0:
                             continue
                     sdf = d - zc
-                    if sdf < -band:  # hidden behind the surface: unobserved
+                    if sdf < -truncation:  # hidden behind the surface: unobserved
                         continue
-                    # float32 throughout, as stored: no conversions in the innermost updates. A running mean
-                    # moves towards the new value by 1 / (views so far + 1).
-                    t = min(one, sdf * per_band)
+                    # Stored as float32. A running mean moves towards the new value by 1 / (views so far + 1).
+                    t = np.float32(min(1.0, sdf / truncation))
                     w = tile_weight[i]
                     tile_tsdf[i] += (t - tile_tsdf[i]) / (w + one)
                     tile_weight[i] = w + one
