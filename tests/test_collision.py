@@ -4,10 +4,11 @@ from __future__ import annotations
 import igl
 import numpy as np
 import pytest
+import scipy.spatial
 import trimesh
 from scenes import BoxScene
 
-from lyra_assets.assets.collision import make_collider, ray_distance, spawn_clearance
+from lyra_assets.assets.collision import flip_flat_edges, make_collider, ray_distance, spawn_clearance
 from lyra_assets.assets.lod import surface_samples
 
 
@@ -73,3 +74,45 @@ def test_the_notes_count_cameras_with_no_floor_under_them():
     assert clearance == {"floor_distance_m": pytest.approx(1.6), "floor_slope_deg": 0.0,
                          "ceiling_distance_m": pytest.approx(1.2), "ceiling_from": "ray",
                          "free_height_m": pytest.approx(2.8)}
+
+
+def _fan_on_ellipse(lift: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A floor polygon (plan points on an ellipse, at y = `lift` times their squared distance from the centre)
+    triangulated as a fan of long thin triangles from its first point, as simplification leaves a flat floor;
+    and its plan points."""
+    angles = (np.arange(24) + np.random.default_rng(3).uniform(-0.3, 0.3, 24)) * 2 * np.pi / 24
+    plan = np.column_stack([2.0 * np.cos(angles), np.sin(angles)])
+    vertices = np.column_stack([plan[:, 0], lift * (plan ** 2).sum(axis=1), plan[:, 1]])
+    fan = np.array([[0, i, i + 1] for i in range(1, len(plan) - 1)])  # facing up: -y in OpenCV axes
+    return vertices, fan, plan
+
+
+def _up_facing(vertices: np.ndarray, faces: np.ndarray) -> bool:
+    v = vertices[faces]
+    return bool((np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])[:, 1] < 0).all())
+
+
+def test_a_flat_fan_is_flipped_into_its_delaunay_triangulation():
+    vertices, fan, plan = _fan_on_ellipse(lift=0.0)
+    assert _up_facing(vertices, fan)
+    flipped = flip_flat_edges(vertices, fan)
+    delaunay = scipy.spatial.Delaunay(plan).simplices  # unique: no four of the points share a circle
+    assert {tuple(sorted(t)) for t in flipped} == {tuple(sorted(t)) for t in delaunay}
+    assert _up_facing(vertices, flipped)
+    # The thinnest triangle's smallest angle grows (the fan's slivers are gone).
+    assert _smallest_angle(vertices, flipped) > 3 * _smallest_angle(vertices, fan)
+
+
+def test_triangles_that_are_not_flat_are_not_flipped():
+    vertices, fan, _ = _fan_on_ellipse(lift=0.1)  # a bowl: 10 cm deep at 1 m from its centre, 40 cm at 2 m
+    assert np.array_equal(flip_flat_edges(vertices, fan), fan)
+
+
+def _smallest_angle(vertices: np.ndarray, faces: np.ndarray) -> float:
+    v = np.asarray(vertices, np.float64)[faces]
+    angles = []
+    for i in range(3):
+        u, w = v[:, (i + 1) % 3] - v[:, i], v[:, (i + 2) % 3] - v[:, i]
+        angles.append(np.arccos(np.clip(np.einsum("ij,ij->i", u, w)
+                                        / np.linalg.norm(u, axis=1) / np.linalg.norm(w, axis=1), -1, 1)))
+    return float(np.min(angles))

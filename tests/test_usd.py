@@ -272,42 +272,72 @@ def test_real_build_spawn_has_floor_at_eye_height(real_build):
     assert spawn["free_height_m"] == pytest.approx(room["room_max_m"][1] - room["room_min_m"][1], rel=0.05)
 
 
-def test_a_body_dropped_at_the_spawn_lands_on_the_floor_in_bullet(real_build):
-    """A real physics engine (Bullet) on the USD alone: its collider as a static triangle mesh, its scene's
-    gravity. A 0.2 m ball let go at the spawn comes to rest on the floor, then rolls 3 m along the path
-    (the spawn's forward, -Z) without falling through."""
-    outputs, manifest = real_build
-    stage = Usd.Stage.Open(outputs["usd"])
+def _bullet_world(usd: str) -> int:
+    """A Bullet world from the USD alone: its collider as a static triangle mesh, its scene's gravity."""
+    stage = Usd.Stage.Open(usd)
     collider = UsdGeom.Mesh(stage.GetPrimAtPath(stage.GetDefaultPrim().GetPath().AppendChild("collider")))
     scene = UsdPhysics.Scene(stage.GetPrimAtPath("/PhysicsScene"))
     world = pybullet.connect(pybullet.DIRECT)
+    gravity = np.array(scene.GetGravityDirectionAttr().Get()) * scene.GetGravityMagnitudeAttr().Get()
+    pybullet.setGravity(*gravity, physicsClientId=world)
+    level = pybullet.createCollisionShape(
+        pybullet.GEOM_MESH, vertices=np.array(collider.GetPointsAttr().Get(), np.float64).tolist(),
+        indices=list(collider.GetFaceVertexIndicesAttr().Get()), flags=pybullet.GEOM_FORCE_CONCAVE_TRIMESH,
+        physicsClientId=world)
+    pybullet.createMultiBody(0, level, physicsClientId=world)  # mass 0: static, like the USD's collider
+    return world
+
+
+def _ball(world: int, position, radius: float = 0.2) -> int:
+    shape = pybullet.createCollisionShape(pybullet.GEOM_SPHERE, radius=radius, physicsClientId=world)
+    return pybullet.createMultiBody(1.0, shape, basePosition=list(position), physicsClientId=world)
+
+
+def _run(world: int, seconds: float) -> None:
+    for _ in range(round(seconds * 240)):  # Bullet's default step: 1/240 s
+        pybullet.stepSimulation(physicsClientId=world)
+
+
+def test_a_body_dropped_at_the_spawn_lands_on_the_floor_in_bullet(real_build):
+    """A 0.2 m ball let go at the spawn comes to rest on the floor, then rolls 3 m along the path (the
+    spawn's forward, -Z) without falling through."""
+    outputs, manifest = real_build
+    world = _bullet_world(outputs["usd"])
     try:
-        gravity = np.array(scene.GetGravityDirectionAttr().Get()) * scene.GetGravityMagnitudeAttr().Get()
-        pybullet.setGravity(*gravity, physicsClientId=world)
-        level = pybullet.createCollisionShape(
-            pybullet.GEOM_MESH, vertices=np.array(collider.GetPointsAttr().Get(), np.float64).tolist(),
-            indices=list(collider.GetFaceVertexIndicesAttr().Get()), flags=pybullet.GEOM_FORCE_CONCAVE_TRIMESH,
-            physicsClientId=world)
-        pybullet.createMultiBody(0, level, physicsClientId=world)  # mass 0: static, like the USD's collider
         radius = 0.2
-        ball = pybullet.createMultiBody(1.0, pybullet.createCollisionShape(pybullet.GEOM_SPHERE, radius=radius,
-                                                                           physicsClientId=world),
-                                        basePosition=[0, 0, 0], physicsClientId=world)
-
-        def run(seconds: float) -> np.ndarray:
-            for _ in range(round(seconds * 240)):  # Bullet's default step: 1/240 s
-                pybullet.stepSimulation(physicsClientId=world)
-            return np.array(pybullet.getBasePositionAndOrientation(ball, physicsClientId=world)[0])
-
-        rest = run(2.0)
+        ball = _ball(world, [0, 0, 0], radius)
+        _run(world, 2.0)
+        rest = np.array(pybullet.getBasePositionAndOrientation(ball, physicsClientId=world)[0])
         floor = manifest["spawn"]["floor_distance_m"]
         assert rest[1] == pytest.approx(-floor + radius, abs=0.01)
         assert np.linalg.norm(pybullet.getBaseVelocity(ball, physicsClientId=world)[0]) < 1e-3
         pybullet.resetBaseVelocity(ball, [0, 0, -2.0], physicsClientId=world)
-        rolled = run(3.0)
+        _run(world, 3.0)
+        rolled = np.array(pybullet.getBasePositionAndOrientation(ball, physicsClientId=world)[0])
         assert rolled[2] < -3.0 and rolled[1] == pytest.approx(rest[1], abs=0.02)
     finally:
         pybullet.disconnect(world)
+
+
+def test_balls_set_down_around_the_spawn_stay_put_in_bullet(real_build):
+    """The floor around the spawn is flat, and its collider behaves so: 0.2 m balls set down 1 cm above it
+    anywhere within half a metre of the spawn stay where they are. (Simplification leaves a flat floor as
+    fans of slivers, whose edges tip a ball landing beside them; Bullet has no rolling friction, so it would
+    roll on for ever.)"""
+    outputs, manifest = real_build
+    radius, floor = 0.2, manifest["spawn"]["floor_distance_m"]
+    spots = [(x, z) for x in np.linspace(-0.5, 0.5, 6) for z in np.linspace(-0.5, 0.5, 6)]
+    rolling = []
+    for x, z in spots:
+        world = _bullet_world(outputs["usd"])
+        try:
+            ball = _ball(world, [x, -floor + radius + 0.01, z], radius)
+            _run(world, 2.0)
+            if np.linalg.norm(pybullet.getBaseVelocity(ball, physicsClientId=world)[0]) > 1e-3:
+                rolling.append((x, z))
+        finally:
+            pybullet.disconnect(world)
+    assert rolling == []
 
 
 def test_unknown_format_is_refused(tmp_path, example_image):
