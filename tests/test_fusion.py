@@ -11,7 +11,8 @@ from scipy.spatial import cKDTree
 
 from lyra_assets.errors import LyraAssetsError
 from lyra_assets.reconstruct import FusedScene, fuse
-from lyra_assets.reconstruct.fusion import SPAWN_GUARD_VOXELS, TRUNCATION_VOXELS
+from lyra_assets.reconstruct.fusion import (BLOCK, SPAWN_GUARD_VOXELS, TRUNCATION_VOXELS, _band, _band_tiles,
+                                            _padding, _scene_bounds, _tiles_shape, _untile, _Volume)
 from lyra_assets.trajectory import CameraPath, pixel_rays, project, yaw_pose
 from lyra_assets.walkthrough import Walkthrough
 
@@ -240,3 +241,21 @@ def test_ground_seen_edge_on_far_ahead_is_fused_whole():
     for near, far in [(0, 25), (25, 40)]:  # at 25-40 m one pixel row spans 3-8 m of ground
         ring = (distance >= near) & (distance < far)
         assert np.mean(gap[ring] <= fused.voxel_size) >= 0.97, (near, far)
+
+
+
+@pytest.mark.parametrize("frames", [1, 15])
+def test_the_band_holds_the_blocks_every_frame_sees_near_its_surface(scene, frames):
+    """Only the band's blocks are integrated. Integrating every block of the grid instead, the blocks where
+    some frame finds its surface near a voxel (colour weight > 0: |TSDF| < 1) must nearly all be in the
+    band. (The band is sampled at every BAND_STRIDE-th pixel: a sliver narrower than that between sampled
+    pixels can slip through; the ball-shaped band this replaced missed 26 of 17,019 on the 15-frame walk.)"""
+    walk = scene.render(forward_path(frames=frames, **SIZE))
+    lo, hi = _scene_bounds(walk)
+    volume = _Volume(lo - _padding(VOXEL), VOXEL, _tiles_shape(hi - lo, VOXEL))
+    band = _band(walk, volume)
+    volume.integrate_walk(walk, *_band_tiles(np.ones_like(band)))
+    near = _untile(volume.colour_weight > 0)
+    near = near.reshape(band.shape[0], BLOCK, band.shape[1], BLOCK, band.shape[2], BLOCK).any(axis=(1, 3, 5))
+    assert np.count_nonzero(near & ~band) <= 2e-4 * np.count_nonzero(near)
+    assert band.mean() < 0.5  # and it is a band, not the whole grid
