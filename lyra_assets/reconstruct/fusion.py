@@ -424,13 +424,15 @@ class _Volume:
         t = frac[np.arange(len(index)), axis][:, None]
         step = np.eye(3, dtype=np.int64)[axis] * (t > 0)  # no step on a grid point: base + 1 may be outside
 
-        def at(tiled: np.ndarray, ijk: np.ndarray) -> np.ndarray:
-            i, j, k = ijk.T
-            return tiled[i // TILE, j // TILE, k // TILE, i % TILE, j % TILE, k % TILE]
+        def flat(ijk: np.ndarray) -> np.ndarray:  # voxel indices -> positions in the tiled arrays, flattened
+            tiles = np.ravel_multi_index(tuple((ijk // TILE).T), self.tiles_shape)
+            return tiles * TILE**3 + np.ravel_multi_index(tuple((ijk % TILE).T), (TILE,) * 3)
 
-        w0 = (1 - t) * (at(self.colour_weight, base) > 0)[:, None]
-        w1 = t * (at(self.colour_weight, base + step) > 0)[:, None]
-        return (w0 * at(self.colour, base) + w1 * at(self.colour, base + step)) / np.maximum(w0 + w1, 1e-12)
+        weight, colour = self.colour_weight.reshape(-1), self.colour.reshape(-1, 3)
+        at0, at1 = flat(base), flat(base + step)
+        w0 = (1 - t) * (weight[at0] > 0)[:, None]
+        w1 = t * (weight[at1] > 0)[:, None]
+        return (w0 * colour[at0] + w1 * colour[at1]) / np.maximum(w0 + w1, 1e-12)
 
 
 def _untile(tiled: np.ndarray) -> np.ndarray:
