@@ -10,7 +10,7 @@ Simplification leaves a flat floor as fans of long thin triangles (any triangula
 error), and physics engines handle those badly: a body landing near their edges gets contact normals
 tilted by the edge, and a ball set down on such a floor in Bullet rolls away. So flat parts of the collider
 are then re-triangulated by Delaunay edge flips (`flip_flat_edges`), which gives them the fattest triangles
-their vertices allow without moving the surface.
+their vertices allow, moving the surface by at most FLAT_M (not at all where it is exactly flat).
 
 The floor under the spawn is laid before this stage, on the fused mesh itself (assets/spawn.py), so what
 a robot stands on is also what is drawn. Given the walkthrough's cameras, the collider's notes say how many

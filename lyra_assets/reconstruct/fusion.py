@@ -92,7 +92,7 @@ def fuse(walk: Walkthrough, voxel_size: float | None = None, max_voxels: int = M
     return FusedScene(_drop_floaters(volume.extract_mesh()), voxel, notes)
 
 
-def _band(walk: Walkthrough, volume: "_Volume") -> np.ndarray:
+def _band(walk: Walkthrough, volume: _Volume) -> np.ndarray:
     """Which of the volume's blocks (a bool per block) hold voxels within some frame's truncation band."""
     path = walk.path
     band = np.zeros([2 * n for n in volume.tiles_shape], bool)
