@@ -163,3 +163,19 @@ def test_faces_without_area_are_charted_too(room):
     atlas = unwrap(room.vertices, faces, size=256, padding=2, chunk_faces=300)
     assert np.array_equal(atlas.source[atlas.faces], faces)
     assert atlas.uv.min() >= 0.0 and atlas.uv.max() <= 1.0
+
+
+def test_packing_in_forked_processes_gives_the_layout_packing_in_turn_gives(room, monkeypatch):
+    from lyra_assets import forked
+
+    if not forked.AVAILABLE:
+        pytest.skip("forked packing is Linux only")
+    # 21 texels a metre overflows 256² (the atlas fixture fits at about 17.5): lower densities are tried next.
+    kwargs = dict(size=256, padding=3, chunk_faces=300, texels_per_metre=21.0)
+    parallel = unwrap(room.vertices, room.faces, **kwargs)
+    assert parallel.texels_per_metre < 0.9 * 0.9 * 21.0 + 1e-9  # the third try or later
+    monkeypatch.setattr(forked, "AVAILABLE", False)
+    in_turn = unwrap(room.vertices, room.faces, **kwargs)
+    assert parallel.texels_per_metre == in_turn.texels_per_metre
+    np.testing.assert_array_equal(parallel.uv, in_turn.uv)
+    np.testing.assert_array_equal(parallel.faces, in_turn.faces)

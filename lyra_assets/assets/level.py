@@ -7,7 +7,8 @@
     every atlas: albedo baked from the frames; the levels sharing LOD0's atlas share its albedo image
       (the same array, so the exporter writes it once)
     then errors and screen coverages (lod.py), and the collider from LOD0 (collision.py): worked out on a
-      thread of their own, beside the unwrap and the bake
+      thread of their own, with the dense mesh's closest-point grid (surface.py), beside LOD0's
+      simplification, the unwrap and the bake
 Before all that, the floor is extended under the spawn (the first camera) where no frame saw it (spawn.py),
 so LOD0 and the collider have ground there.
 
@@ -72,29 +73,29 @@ def make_level_asset(name: str, dense: trimesh.Trimesh, walk: Walkthrough,
     dense, spawn = floor_under_spawn(fused, walk.path)
     fused._cache.clear()  # the per-face arrays trimesh kept for that (70 MB at 481 frames) are not needed again
     n_levels = 1 + len(settings.lod_ratios)
-    surface = Surface(dense)
-    progress("lod", 0, n_levels)
-    base_vertices, base_faces = welded(np.asarray(dense.vertices, np.float64), dense.faces)
-    lod0_kept, lod0_faces = compact(simplify(base_vertices, base_faces, settings.lod0_triangles))
-    lod0_vertices = base_vertices[lod0_kept]
-    progress("lod", 1, n_levels, "LOD0")
-
-    # Neither the levels' errors nor the collider need UVs or textures: they are worked out on a thread
-    # beside the unwrap and the bake, on the core those leave free (xatlas packs on one; each level's texel
-    # layout and gutter fill are serial).
+    # Neither the dense mesh's closest-point grid, nor the levels' errors, nor the collider need UVs or
+    # textures: they are worked out on a thread beside LOD0's simplification, the unwrap and the bake, on the
+    # core those leave free (xatlas packs on one; each level's texel layout and gutter fill are serial).
     beside = ThreadPoolExecutor(1, thread_name_prefix="errors-and-collider")
     try:
-        dense_samples = beside.submit(surface_samples, surface.vertices, surface.faces)
+        dense_vertices, dense_faces = np.asarray(dense.vertices, np.float64), np.asarray(dense.faces)
+        surface = beside.submit(Surface, dense)
+        dense_samples = beside.submit(surface_samples, dense_vertices, dense_faces)
+        progress("lod", 0, n_levels)
+        base_vertices, base_faces = welded(dense_vertices, dense_faces)
+        lod0_kept, lod0_faces = compact(simplify(base_vertices, base_faces, settings.lod0_triangles))
+        lod0_vertices = base_vertices[lod0_kept]
+        progress("lod", 1, n_levels, "LOD0")
 
         def error_of(vertices: np.ndarray, faces: np.ndarray) -> Future[float]:
-            return beside.submit(lambda: geometric_error(vertices, faces, surface, dense_samples.result()))
+            return beside.submit(lambda: geometric_error(vertices, faces, surface.result(), dense_samples.result()))
 
         errors = [error_of(lod0_vertices, lod0_faces)]
         collider = beside.submit(make_collider, lod0_vertices, lod0_faces, settings.collider_triangles,
                                  walk.path.c2w[:, :3, 3])
         levels = _levels(lod0_vertices, lod0_faces, settings, progress)
         errors += [error_of(g.vertices, g.faces) for g in levels[1:]]
-        lods = _bake(levels, surface, walk, progress)
+        lods = _bake(levels, surface.result(), walk, progress)
         diameter = float(np.linalg.norm(np.ptp(lod0_vertices, axis=0)))
         errors_m = [error.result() for error in errors]
         coverages = screen_coverages(errors_m, [len(g.faces) for g in levels], diameter)

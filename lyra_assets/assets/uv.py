@@ -14,20 +14,26 @@ true surface area (xatlas enlarges tiny charts when it packs, so the first run's
 scale), then the texel density is chosen from the charts' areas and outlines so the padded charts fill one
 size x size atlas; xatlas' packer is greedy, so a few higher densities are tried as well and the densest
 layout that fits is kept. With a fixed resolution xatlas guarantees the padding in texels of the final
-texture.
+texture. xatlas holds the GIL for a whole pack, so on Linux each density is packed in a forked process, two
+at a time (_packs): the asset stage's other thread runs meanwhile, and a density that overflows costs no
+wait of its own.
 
 Texture coordinates follow glTF: (0, 0) is the top-left texel and v grows downwards (row = v * size).
 """
 from __future__ import annotations
 
 import math
+from collections import deque
+from contextlib import closing
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import scipy.sparse
 import scipy.sparse.csgraph
 import xatlas
 
+from .. import forked
 from ..errors import LyraAssetsError
 from .geometry import face_normals, perpendicular, triangle_areas, unit
 
@@ -52,6 +58,7 @@ DENSITY_STEP = 0.97
 DENSITY_STEPS = 4
 DENSITY_RETRY = 0.9  # then, if the charts still overflow one atlas, pack again at 90 % of the density
 PACKING_TRIES = 12  # 0.9^12: down to 28 % of the estimate before giving up
+PARALLEL_PACKS = 2  # densities packed at once, each in a process of its own (_packs)
 STUCK_TRIES = 3  # ... or sooner, once this many lower densities in a row overflow as many atlas pages
 # Small atlases (a low LOD's 64-256 px) may not hold the charts with their full gutters: try again with
 # chunks this large (fewer, larger charts; charting time is no concern on the few faces of a low level),
@@ -349,30 +356,65 @@ def _pack(uv: np.ndarray, faces: np.ndarray, size: int, padding: int, density: f
     The first `fine_steps` densities that overflow are lowered by DENSITY_STEP, the next (up to
     PACKING_TRIES, or until STUCK_TRIES in a row free no atlas page) by DENSITY_RETRY.
     """
+    densities = [density * DENSITY_STEP ** min(k, fine_steps) * DENSITY_RETRY ** max(k - fine_steps, 0)
+                 for k in range(fine_steps + PACKING_TRIES)]
     overflow, stuck = np.inf, 0
-    for tries in range(fine_steps + PACKING_TRIES):
-        atlas = xatlas.Atlas()
-        atlas.add_uv_mesh(uv.astype(np.float32), faces.astype(np.uint32))
-        options = xatlas.PackOptions()
-        options.resolution = size
-        options.texels_per_unit = density
-        options.padding = padding
-        options.bilinear = True
-        atlas.generate(xatlas.ChartOptions(), options)
-        if atlas.atlas_count == 1:
-            vmap, index, packed = atlas[0]
-            return vmap.astype(np.int64), index.astype(np.int64), np.clip(packed, 0.0, 1.0), density
-        if tries < fine_steps:  # a few densities just above the estimate: overflowing them says little
-            density *= DENSITY_STEP
-            continue
-        # Lower densities that free no atlas page: the gutters, not the charts, fill the atlas.
-        stuck = stuck + 1 if atlas.atlas_count >= overflow else 0
-        if stuck == STUCK_TRIES:
-            break
-        overflow = min(overflow, atlas.atlas_count)
-        density *= DENSITY_RETRY
+    with closing(_packs(uv, faces, size, padding, densities)) as packs:  # closing it stops the tries still running
+        for tries, (density, packed) in enumerate(packs):
+            if isinstance(packed, tuple):
+                vmap, index, packed_uv = packed
+                return vmap.astype(np.int64), index.astype(np.int64), np.clip(packed_uv, 0.0, 1.0), density
+            if tries < fine_steps:  # a few densities just above the estimate: overflowing them says little
+                continue
+            # Lower densities that free no atlas page: the gutters, not the charts, fill the atlas.
+            stuck = stuck + 1 if packed >= overflow else 0
+            if stuck == STUCK_TRIES:
+                break
+            overflow = min(overflow, packed)
     raise AtlasFull(f"UV unwrap: the charts with their {padding}-texel gutters do not fit one {size}x{size} "
                     f"atlas at any density; use a larger --texture-size ({len(faces):,} triangles now)")
+
+
+def _packs(uv: np.ndarray, faces: np.ndarray, size: int, padding: int,
+           densities: list[float]) -> Iterator[tuple[float, tuple[np.ndarray, ...] | int]]:
+    """(density, _pack_once's result) for the densities in order, as far as the caller reads.
+
+    xatlas holds the GIL while it packs (0.5 s a try on the example's 150k-triangle LOD0 at 2048²), which
+    would stall the asset stage's other thread; and the first density tried may overflow (it does there).
+    So where forked.AVAILABLE, each try runs in a forked process with the next PARALLEL_PACKS - 1 beside it,
+    and tries the caller no longer needs are stopped. The results are the ones trying in turn gives.
+    """
+    if not forked.AVAILABLE:
+        for density in densities:
+            yield density, _pack_once(uv, faces, size, padding, density)
+        return
+    running: deque[tuple[float, forked.Forked]] = deque()
+    try:
+        for density in densities:
+            running.append((density, forked.Forked(_pack_once, uv, faces, size, padding, density)))
+            if len(running) == PARALLEL_PACKS:
+                first, child = running.popleft()
+                yield first, child.result()
+        while running:
+            first, child = running.popleft()
+            yield first, child.result()
+    finally:
+        for _, child in running:
+            child.kill()
+
+
+def _pack_once(uv: np.ndarray, faces: np.ndarray, size: int, padding: int,
+               density: float) -> tuple[np.ndarray, ...] | int:
+    """xatlas' (vertex map, faces, UVs) if the charts fit one atlas at `density`, else its atlas count."""
+    atlas = xatlas.Atlas()
+    atlas.add_uv_mesh(uv.astype(np.float32), faces.astype(np.uint32))
+    options = xatlas.PackOptions()
+    options.resolution = size
+    options.texels_per_unit = density
+    options.padding = padding
+    options.bilinear = True
+    atlas.generate(xatlas.ChartOptions(), options)
+    return atlas[0] if atlas.atlas_count == 1 else atlas.atlas_count
 
 
 # -- measures ---------------------------------------------------------------------------------------------
