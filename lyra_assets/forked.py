@@ -3,10 +3,12 @@ so the process's other threads keep running meanwhile, and for trying several in
 
 Linux only (`AVAILABLE`): a fork there costs milliseconds and needs no re-import; spawn's fresh interpreter
 would spend longer importing than the call takes. The child runs only the given function (numpy and C
-code), never the parent's other threads' work, so the locks those threads may hold at the fork don't matter.
+code), never the parent's other threads' work, so the locks those threads may hold at the fork don't matter;
+and it never collects the parent's garbage (see the child's first lines).
 """
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -28,6 +30,9 @@ class Forked(Generic[T]):
         read, write = os.pipe()
         self._pid = os.fork()
         if self._pid == 0:  # the child: call, send, and leave without the parent's exit handlers
+            # The parent's garbage is not this child's to collect: freeing an object that owns threads (an
+            # xatlas.Atlas) would wait for ever on threads that only the parent has.
+            gc.disable()
             # Only its own pipe stays open: a copy of another pipe's end (ffmpeg's input, a daemon worker's
             # sentinel) would keep the other side waiting for this child.
             os.closerange(3, write)

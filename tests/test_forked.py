@@ -1,12 +1,14 @@
 """A call in a forked child: its result, its error, a child that dies, and stopping one that runs."""
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
 
 import numpy as np
 import pytest
+import xatlas
 
 from lyra_assets import forked
 from lyra_assets.errors import LyraAssetsError
@@ -71,3 +73,36 @@ def test_the_child_holds_no_copy_of_the_parents_pipes():
         os.close(read)
         os.close(write)
     assert pipe not in inside
+
+
+def _collect_often() -> int:
+    gc.set_threshold(1)  # every allocation below runs the collector
+    return len([[] for _ in range(1000)])
+
+
+def test_the_child_does_not_collect_the_parents_garbage():
+    # The parent's garbage may own threads (an xatlas.Atlas whose task scheduler has run): freeing it in the
+    # child waited for ever on threads the child doesn't have (seen in a test build).
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(np.random.default_rng(0).random((30, 3), np.float32), np.arange(30, dtype=np.uint32).reshape(-1, 3))
+    atlas.generate()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(10**9)  # nothing collects the cycle below before the fork
+    cycle = [atlas]
+    cycle.append(cycle)
+    del atlas, cycle
+    child = forked.Forked(_collect_often)
+
+    def give_up(*_):
+        raise TimeoutError("the child hangs")
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(30)
+    try:
+        assert child.result() == 1000
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        child.kill()
+        gc.set_threshold(*thresholds)
+        gc.collect()
