@@ -14,6 +14,7 @@ import json
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -294,30 +295,34 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
     glbs, usd = paths[:len(spec.export.profiles)], paths[len(spec.export.profiles):]
     steps = len(paths) + 1
     outputs: dict[str, Any] = {}
-    for k, (profile, path) in enumerate(zip(spec.export.profiles, glbs)):  # one file per engine profile
-        progress("export", k, steps, f"glTF ({profile})")
-        summary = write_profile(asset, profile, path)
-        outputs["glb" if profile == DEFAULT_PROFILE else f"glb.{profile}"] = {"file": path.name,
-                                                                            "bytes": summary["bytes"]}
-    level = summary["level"]  # spawn, bounding sphere, LOD switch distances (glTF frame, metres)
-    glb = glbs[0]
-    if usd:
-        from .export.usd import write_usd  # usd-core is optional: imported only when USD is asked for
-
-        progress("export", len(glbs), steps, "USD")
-        summary = write_usd(asset, usd[0])
-        outputs["usd"] = {"file": usd[0].name, "bytes": summary["bytes"], "root": summary["root"]}
-    if walkthrough.splats is not None:  # next to the GLB, in its frame: Y up, metres
-        splats_file = folder / f"{name}.splats.ply"
-        export_splats(walkthrough.splats, splats_file)
-        outputs["splats"] = {"file": splats_file.name, "bytes": splats_file.stat().st_size,
-                             "gaussians": len(walkthrough.splats)}
-    progress("export", steps - 1, steps, "preview")
     preview = folder / "preview.png"
     shown = walkthrough.frames[np.linspace(0, len(walkthrough) - 1, 4).round().astype(int)]
-    # The generator's labelling of the concept image (if it made one) shows how it read the picture.
-    render_preview(asset, walkthrough.input_image if walkthrough.labelled is None else walkthrough.labelled,
-                   list(shown), preview)
+    # Drawn on a thread beside the exporters, whose texture encoding leaves a core free at times (the
+    # `with` waits for it however the exports end). The generator's labelling of the concept image (if it
+    # made one) shows how it read the picture.
+    with ThreadPoolExecutor(1, thread_name_prefix="preview") as drawing:
+        drawn = drawing.submit(render_preview, asset, walkthrough.input_image if walkthrough.labelled is None
+                               else walkthrough.labelled, list(shown), preview)
+        for k, (profile, path) in enumerate(zip(spec.export.profiles, glbs)):  # one file per engine profile
+            progress("export", k, steps, f"glTF ({profile})")
+            summary = write_profile(asset, profile, path)
+            outputs["glb" if profile == DEFAULT_PROFILE else f"glb.{profile}"] = {"file": path.name,
+                                                                                "bytes": summary["bytes"]}
+        level = summary["level"]  # spawn, bounding sphere, LOD switch distances (glTF frame, metres)
+        glb = glbs[0]
+        if usd:
+            from .export.usd import write_usd  # usd-core is optional: imported only when USD is asked for
+
+            progress("export", len(glbs), steps, "USD")
+            summary = write_usd(asset, usd[0])
+            outputs["usd"] = {"file": usd[0].name, "bytes": summary["bytes"], "root": summary["root"]}
+        if walkthrough.splats is not None:  # next to the GLB, in its frame: Y up, metres
+            splats_file = folder / f"{name}.splats.ply"
+            export_splats(walkthrough.splats, splats_file)
+            outputs["splats"] = {"file": splats_file.name, "bytes": splats_file.stat().st_size,
+                                 "gaussians": len(walkthrough.splats)}
+        progress("export", steps - 1, steps, "preview")
+    drawn.result()
     progress("export", steps, steps, "done")
     timings["export"] = round(time.perf_counter() - started, 3)
 
