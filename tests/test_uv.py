@@ -86,6 +86,15 @@ def test_requested_texel_density_is_met(room):
     assert density == pytest.approx(20.0, rel=0.05)
 
 
+def test_a_requested_density_too_high_to_fit_is_lowered_until_it_fits(room):
+    # The room fits 256² at about 17.5 texels a metre (the atlas fixture). From 26 the lowering used to give
+    # up: three lower densities in a row overflowed into as many pages (2), as if the gutters filled the atlas.
+    for requested in (26.0, 1000.0):
+        atlas = unwrap(room.vertices, room.faces, size=256, padding=3, texels_per_metre=requested, chunk_faces=300)
+        assert 14.0 < atlas.texels_per_metre < 20.0
+        assert atlas.uv.min() >= 0.0 and atlas.uv.max() <= 1.0
+
+
 def test_fill_density_spreads_the_charts_over_the_atlas(atlas):
     # About 150 charts with 3 texels of padding each in a 256 atlas: padding takes much of it, but the
     # packed charts still reach across the whole texture.

@@ -145,7 +145,10 @@ class _Charts:
             raise AtlasFull(f"UV unwrap: {n_charts:,} charts with {padding}-texel gutters cannot fit one "
                             f"{size}x{size} atlas; use a larger --texture-size")
         if texels_per_metre:
-            density, fine_steps = texels_per_metre, 0
+            # No denser than padded charts covering the whole atlas: above that nothing fits, and lowering
+            # from far above took many tries, or gave up where steps in a row overflowed as many pages.
+            density = min(texels_per_metre, _fill_density(self.uv, self.faces, self.charts, size, padding, 1.0))
+            fine_steps = 0
         else:
             density = DENSITY_HEADROOM * _fill_density(self.uv, self.faces, self.charts, size, padding)
             fine_steps = DENSITY_STEPS
@@ -331,8 +334,9 @@ def _to_metres(uv: np.ndarray, faces: np.ndarray, positions: np.ndarray, charts:
 # -- packing ----------------------------------------------------------------------------------------------
 
 
-def _fill_density(uv: np.ndarray, faces: np.ndarray, charts: np.ndarray, size: int, padding: int) -> float:
-    """Texels per metre at which the padded charts fill PACKING_EFFICIENCY of the atlas.
+def _fill_density(uv: np.ndarray, faces: np.ndarray, charts: np.ndarray, size: int, padding: int,
+                  efficiency: float = PACKING_EFFICIENCY) -> float:
+    """Texels per metre at which the padded charts fill `efficiency` of the atlas.
 
     A chart of area a and outline length L padded by p texels covers about a t^2 + L t p' + pi p'^2 texels
     at density t (p' = p + 1: bilinear filtering's extra texel); solve sum = efficiency * size^2 for t.
@@ -341,7 +345,7 @@ def _fill_density(uv: np.ndarray, faces: np.ndarray, charts: np.ndarray, size: i
     outline = float(_boundary_length(uv, faces))
     n_charts = int(charts.max()) + 1
     pad = padding + 1
-    a, b, c = area, outline * pad, n_charts * math.pi * pad * pad - PACKING_EFFICIENCY * size * size
+    a, b, c = area, outline * pad, n_charts * math.pi * pad * pad - efficiency * size * size
     if area <= 0:
         raise LyraAssetsError("UV unwrap: the mesh has no surface area")
     disc = b * b - 4 * a * c
