@@ -42,8 +42,13 @@ class Forked(Generic[T]):
                     outcome = (True, function(*args))
                 except BaseException as exc:  # noqa: BLE001  every error goes back to the parent
                     outcome = (False, exc)
+                try:
+                    data = pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL)
+                except Exception as exc:  # noqa: BLE001  e.g. an error that can't be pickled: say what it was
+                    data = pickle.dumps((False, LyraAssetsError(f"{self._what} failed in its helper process: "
+                                                                f"{outcome[1]!r} ({exc})")))
                 with os.fdopen(write, "wb") as pipe:
-                    pickle.dump(outcome, pipe, pickle.HIGHEST_PROTOCOL)
+                    pipe.write(data)
             finally:
                 os._exit(0)
         os.close(write)

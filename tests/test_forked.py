@@ -106,3 +106,17 @@ def test_the_child_does_not_collect_the_parents_garbage():
         child.kill()
         gc.set_threshold(*thresholds)
         gc.collect()
+
+
+class _Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("not picklable")
+
+
+def _fail_unpicklably() -> None:
+    raise _Unpicklable("lost in the pipe")
+
+
+def test_an_error_that_cannot_be_pickled_still_says_what_it_was():
+    with pytest.raises(LyraAssetsError, match=r"_fail_unpicklably failed in its helper process: .*lost in the pipe"):
+        forked.Forked(_fail_unpicklably).result()

@@ -393,15 +393,20 @@ def _packs(uv: np.ndarray, faces: np.ndarray, size: int, padding: int,
             yield density, _pack_once(uv, faces, size, padding, density)
         return
     running: deque[tuple[float, forked.Forked]] = deque()
+
+    def oldest() -> tuple[float, tuple[np.ndarray, ...] | int]:
+        density, child = running[0]
+        packed = child.result()  # listed until its result is in, so an interrupt meanwhile still stops it
+        running.popleft()
+        return density, packed
+
     try:
         for density in densities:
             running.append((density, forked.Forked(_pack_once, uv, faces, size, padding, density)))
             if len(running) == PARALLEL_PACKS:
-                first, child = running.popleft()
-                yield first, child.result()
+                yield oldest()
         while running:
-            first, child = running.popleft()
-            yield first, child.result()
+            yield oldest()
     finally:
         for _, child in running:
             child.kill()
