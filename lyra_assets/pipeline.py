@@ -6,7 +6,6 @@ The command line, the drop-folder daemon and the Blender add-on all call these f
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
 import inspect
@@ -21,7 +20,7 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from . import __version__, generators
+from . import __version__, generators, heap
 from .assets.collision import spawn_clearance
 from .assets.level import make_level_asset
 from .errors import LyraAssetsError
@@ -41,7 +40,6 @@ from .reconstruct.fusion import fuse
 from .walkthrough import Walkthrough
 from .warmup import compiles_reported, set_up_numba
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 COMPILE_NOTE = " (once; `lyra-assets warm-up` compiles them all ahead)"
 T = TypeVar("T")
 
@@ -88,7 +86,7 @@ def _compiles_reported(stages: Callable[..., T]) -> Callable[..., T]:
 @_compiles_reported
 def walk(spec: JobSpec, progress: Progress = silent) -> Walkthrough:
     """Run the job's generator along the preset's (or the given) camera path."""
-    _one_malloc_arena()
+    heap.tune_for_job()
     threading.Thread(target=set_up_numba, name="numba set-up").start()  # while the picture is read
     started = time.perf_counter()
     image = load_concept_image(spec.image_path)  # checked before any other work: a bad image costs nothing
@@ -131,6 +129,7 @@ def job_spec(image: str | Path | JobSpec, preset: str | None = None, generator: 
     return resolve_job(image, deep_merge(options or {}, named), **resolve)
 
 
+@heap.gives_memory_back
 def generate(image: str | Path | JobSpec, preset: str | None = None, out_dir: str | Path = "out",
              generator: str | None = None, *, options: dict[str, Any] | None = None, force: bool = False,
              progress: Progress = silent, **resolve: Any) -> GenerateResult:
@@ -146,6 +145,7 @@ def generate(image: str | Path | JobSpec, preset: str | None = None, out_dir: st
     return GenerateResult(target, walkthrough.info)
 
 
+@heap.gives_memory_back
 def build(image: str | Path | JobSpec, preset: str | None = None, out_dir: str | Path = "out",
           generator: str | None = None, *, options: dict[str, Any] | None = None, force: bool = False,
           progress: Progress = silent, **resolve: Any) -> BuildResult:
@@ -173,6 +173,7 @@ def build(image: str | Path | JobSpec, preset: str | None = None, out_dir: str |
     return _with_walkthrough_saved(walkthrough, folder / "walkthrough", force, progress, make_asset)
 
 
+@heap.gives_memory_back
 def mesh(walkthrough_dir: str | Path, out_dir: str | Path = "out", name: str | None = None, *,
          options: dict[str, Any] | None = None, force: bool = False, progress: Progress = silent) -> BuildResult:
     """A saved walkthrough folder -> out_dir/<name>/<name>.glb (+ manifest.json, preview.png).
@@ -189,6 +190,7 @@ def mesh(walkthrough_dir: str | Path, out_dir: str | Path = "out", name: str | N
     return _make_asset(walkthrough, walkthrough_dir, folder, name, provenance, force, progress)
 
 
+@heap.gives_memory_back
 def extend(folder: str | Path, preset: str | None = None, trajectory: str | Path | None = None,
            from_frame: int | None = None, *, in_world: bool = False, options: dict[str, Any] | None = None,
            progress: Progress = silent) -> BuildResult:
@@ -277,7 +279,7 @@ def _saved_walk(folder: Path, spec: JobSpec) -> Walkthrough | None:
 @_compiles_reported
 def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, name: str, provenance: Provenance,
                 force: bool, progress: Progress) -> BuildResult:
-    _one_malloc_arena()
+    heap.tune_for_job()
     spec = provenance.spec()
     timings = dict(walkthrough.info.get("timings_s", {}))
 
@@ -350,17 +352,6 @@ def _make_asset(walkthrough: Walkthrough, walkthrough_dir: Path, folder: Path, n
     manifest_path = folder / "manifest.json"
     write_json_atomically(manifest_path, manifest)
     return BuildResult(glb, manifest_path, preview, walkthrough_dir, manifest, usd[0] if usd else None)
-
-
-def _one_malloc_arena() -> None:
-    """Have glibc share one malloc arena between threads. By default every thread that allocates gets its own
-    (up to 8 a core), each keeping the high-water mark of its freed blocks for reuse: with the bake's threads
-    and the walkthrough writer's, that held 0.1-0.2 GB more at 481 frames. No CPU cost showed in bench_build.
-    Called before a job starts its threads; with another C library it changes nothing."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 1)
-    except (OSError, AttributeError):
-        pass
 
 
 def _with_walkthrough_saved(walkthrough: Walkthrough, target: Path, force: bool, progress: Progress,

@@ -1,0 +1,61 @@
+"""heap.py's malloc settings, measured in a fresh process (they last for the process that sets them)."""
+import subprocess
+import sys
+
+import pytest
+
+from lyra_assets import heap
+
+pytestmark = pytest.mark.skipif(heap._libc() is None, reason="glibc only; other C libraries are left as they are")
+
+# Two stages, one after the other, each making 300 MB of frame-sized blocks (2 MB) and freeing them at its end.
+PROGRAM = """
+import ctypes, resource, sys
+from lyra_assets import heap
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "tuned":
+    heap.tune_for_job()
+SIZE, BLOCKS = 2 << 20, 150
+
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+def stage():
+    blocks = [libc.malloc(SIZE) for _ in range(BLOCKS)]
+    for block in blocks:
+        ctypes.memset(block, 1, SIZE)
+    for block in blocks:
+        libc.free(block)
+
+stage()
+before = faults()
+stage()
+second = faults() - before
+held = rss()
+heap.give_back()
+print(second, held, rss())
+"""
+
+
+def measure(mode: str) -> tuple[int, int, int]:
+    done = subprocess.run([sys.executable, "-c", PROGRAM, mode], capture_output=True, text=True, check=True)
+    return tuple(int(x) for x in done.stdout.split())
+
+
+def test_a_job_reuses_the_memory_it_freed_and_gives_it_back_at_the_end():
+    pages = 150 * (2 << 20) // 4096
+    untuned_faults, _, _ = measure("default")
+    faults, held, after = measure("tuned")
+    # By default the first stage's blocks go back to the system when freed: the second faults them in anew.
+    assert untuned_faults > 0.9 * pages
+    # Tuned, the second stage reuses the first one's memory.
+    assert faults < 0.1 * pages
+    # The 300 MB freed stay with the process while the job runs, and go back when it ends.
+    assert held > 250 << 20
+    assert after < held - (250 << 20)
