@@ -19,7 +19,7 @@ if "numba" in sys.modules:  # imported before us: it read its settings already, 
     _numba_config.CACHE_DIR = _numba_config.CACHE_DIR or os.environ["NUMBA_CACHE_DIR"]
 # numba runs its parallel kernels on libgomp, whose threads by default spin for a while after each kernel
 # waiting for the next. The stages call kernels thousands of times, and on 2 cores that spinning took CPU from
-# the thread working beside them: passive waiting made a 121-frame build 0.8 s faster with 1.2 s less CPU.
+# the thread working beside them: passive waiting made a 121-frame build 0.5-0.9 s faster (interleaved runs).
 # libgomp reads this when it starts (numba's first parallel kernel); a user's own setting is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
