@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import cv2
+import numba
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
@@ -113,9 +114,9 @@ class Layout:
     labelled: np.ndarray  # (h, w, 3) uint8
     room: Room | None = None
     scene: OpenScene | None = None
-    # Frames rendered at once. The room's numpy renderer keeps a core busy only with another frame beside
-    # it (its array operations release the GIL); the open scene's kernel is parallel already, and numba's
-    # default threading layer must not be entered from two threads at once.
+    # Frames rendered at once. The room's renderer (a serial kernel, then OpenCV's remap, both without the GIL)
+    # keeps a core busy only with another frame beside it; the open scene's kernel is parallel already, and
+    # numba's default threading layer must not be entered from two threads at once.
     frames_at_once: int = 1
 
 
@@ -503,37 +504,52 @@ def mirror_fill(texture: np.ndarray, known: np.ndarray) -> np.ndarray:
 
 def render(room: Room, atlas: Atlas, K: np.ndarray, c2w: np.ndarray, width: int,
            height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """RGB, exact depth (metres along the camera's z) and observed mask of the room from one camera.
-
-    Works per axis on (H, W) float32 planes: a ray's direction is linear in the pixel's column and row, so
-    it is built by broadcasting a row and a column instead of a full (H*W, 3) ray array.
-    """
-    u, v = pixel_centres(width, 1)[0][0], pixel_centres(1, height)[1][:, 0]
-    x_n = ((u - K[0, 2]) / K[0, 0]).astype(np.float32)[None, :]  # (1, W)
-    y_n = ((v - K[1, 2]) / K[1, 1]).astype(np.float32)[:, None]  # (H, 1)
-    to_room = room.axes.T @ c2w[:3, :3]
-    origin = room.axes.T @ c2w[:3, 3]
-    # In room coordinates, with camera depth z = 1 along every ray, so the exit parameter t is the depth.
-    dirs = [np.float32(a[0]) * x_n + np.float32(a[1]) * y_n + np.float32(a[2]) for a in to_room]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t_axis = [np.where(d > 0, np.float32(hi - o), np.float32(lo - o)) / d
-                  for d, lo, hi, o in zip(dirs, room.lo, room.hi, origin)]
-    for t_a in t_axis:
-        t_a[~(t_a >= 0)] = np.inf  # rays parallel to a plane never reach it
-    t = np.minimum(np.minimum(t_axis[0], t_axis[1]), t_axis[2])
-    hit = [np.float32(o) + t * d for o, d in zip(origin, dirs)]
-    on_x = t_axis[0] == t  # faces 0/1: the side walls
-    on_y = ~on_x & (t_axis[1] == t)  # faces 2/3: ceiling and floor
-    towards = np.where(on_x, dirs[0], np.where(on_y, dirs[1], dirs[2])) > 0
-    face = np.where(on_x, 0, np.where(on_y, 2, 4)).astype(np.uint8) + towards
-    lo = room.lo.astype(np.float32)
-    density = np.float32(atlas.density)
-    # Face texture axes (_FACE_AXES): x walls run along (z, y), floor/ceiling (x, z), back/front (x, y).
-    along_u = np.where(on_x, hit[2] - lo[2], hit[0] - lo[0])
-    along_v = np.where(on_y, hit[2] - lo[2], hit[1] - lo[1])
-    offset = atlas.origin.astype(np.float32) - 0.5  # atlas pixel index of a face's texel centres
-    map_x = along_u * density + offset[face, 0]
-    map_y = along_v * density + offset[face, 1]
+    """RGB, exact depth (metres along the camera's z) and observed mask of the room from one camera."""
+    f32 = np.float32
+    depth, map_x, map_y = _room_rays(
+        (room.axes.T @ c2w[:3, :3]).astype(f32), (room.axes.T @ c2w[:3, 3]).astype(f32), room.lo.astype(f32),
+        room.hi.astype(f32), K.astype(f32), width, height, f32(atlas.density), atlas.origin.astype(f32) - f32(0.5))
     frame = cv2.remap(atlas.colour, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     observed = cv2.remap(atlas.observed, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
-    return frame, t, observed.astype(bool)
+    return frame, depth, observed.astype(bool)
+
+
+@numba.njit(cache=True, nogil=True)  # serial: frames render in threads (Layout.frames_at_once)
+def _room_rays(to_room, origin, lo, hi, K, width, height, density, offset):
+    """Each pixel centre's ray from the camera (rotation to_room and origin in room coordinates) to the
+    room's box: (depth, atlas x, atlas y), float32 (H, W). Along a ray with camera depth 1, the exit
+    parameter is the depth; the wall it leaves through gives the face, whose texture axes (_FACE_AXES) give
+    the atlas position (offset: a face texture's texel-centre origin in the atlas)."""
+    depth = np.empty((height, width), np.float32)
+    map_x = np.empty((height, width), np.float32)
+    map_y = np.empty((height, width), np.float32)
+    half = np.float32(0.5)
+    for row in range(height):
+        y = (np.float32(row) + half - K[1, 2]) / K[1, 1]
+        for col in range(width):
+            x = (np.float32(col) + half - K[0, 2]) / K[0, 0]
+            dx = to_room[0, 0] * x + to_room[0, 1] * y + to_room[0, 2]
+            dy = to_room[1, 0] * x + to_room[1, 1] * y + to_room[1, 2]
+            dz = to_room[2, 0] * x + to_room[2, 1] * y + to_room[2, 2]
+            tx, ty = _exit(dx, lo[0], hi[0], origin[0]), _exit(dy, lo[1], hi[1], origin[1])
+            tz = _exit(dz, lo[2], hi[2], origin[2])
+            exit = min(tx, ty, tz)
+            hx, hy, hz = origin[0] + exit * dx - lo[0], origin[1] + exit * dy - lo[1], origin[2] + exit * dz - lo[2]
+            if tx == exit:  # faces 0/1: the side walls, textured along (z, y)
+                face, u, v = (1 if dx > 0 else 0), hz, hy
+            elif ty == exit:  # faces 2/3: ceiling and floor, along (x, z)
+                face, u, v = (3 if dy > 0 else 2), hx, hz
+            else:  # faces 4/5: back and front, along (x, y)
+                face, u, v = (5 if dz > 0 else 4), hx, hy
+            depth[row, col] = exit
+            map_x[row, col] = u * density + offset[face, 0]
+            map_y[row, col] = v * density + offset[face, 1]
+    return depth, map_x, map_y
+
+
+@numba.njit(cache=True, inline="always")
+def _exit(d, lo, hi, origin):
+    """Where a ray (direction d, from origin) leaves [lo, hi] along one axis; inf if it never reaches either
+    end ahead (parallel, or behind the camera)."""
+    t = ((hi if d > 0 else lo) - origin) / d if d != 0 else np.float32(np.inf)
+    return t if t >= 0 else np.float32(np.inf)
