@@ -12,8 +12,8 @@ turns each of those into a chart of its own (measured: 3x the charts).
 Packing is a second xatlas run on the charts alone (`add_uv_mesh`): first every chart is scaled to its
 true surface area (xatlas enlarges tiny charts when it packs, so the first run's layout has no common
 scale), then the texel density is chosen from the charts' areas and outlines so the padded charts fill one
-size x size atlas; xatlas' packer is greedy, so a few higher densities are tried as well and the densest
-layout that fits is kept. With a fixed resolution xatlas guarantees the padding in texels of the final
+size x size atlas; xatlas' packer is greedy, so a higher density is tried beside it and kept where it fits.
+With a fixed resolution xatlas guarantees the padding in texels of the final
 texture. xatlas holds the GIL for a whole pack, so on Linux each density is packed in a forked process, two
 at a time (_packs): the asset stage's other thread runs meanwhile, and a density that overflows costs no
 wait of its own.
@@ -50,12 +50,12 @@ CHART_GAP_M = 1.0  # between charts laid out for the packing run (any gap will d
 # about as many charts (measured 390 against 378 on a 150k-triangle LOD0).
 CHART_ITERATIONS = 0
 PACKING_EFFICIENCY = 0.62  # share of the atlas the padded charts get: xatlas fit them at 0.67, not 0.7
-# The estimate fits (nearly) always, and so does 9-12 % more density (bench/bench_assets.py, LOD0 to LOD3;
-# xatlas' packer is greedy, so not every density in between): the first try is 12.5 % above it, lowered in
-# 3 % steps down to the estimate.
-DENSITY_HEADROOM = 1.125
-DENSITY_STEP = 0.97
-DENSITY_STEPS = 4
+# The estimate fits (nearly) always, and often 9 % more density does too, but not reliably: xatlas' packer is
+# greedy, so whether a density fits jumps about near the limit (LOD0 of the example's six presets, densities
+# 1.125 to 0.995 of the estimate in 3 % steps: from one to four in a row overflowed before one fit). So the
+# first two tries, packed side by side, are 9 % above the estimate and the estimate itself: one round of
+# packing nearly always, where stepping down from 12.5 % above took up to three (0.6-0.7 s each on LOD0).
+DENSITY_HEADROOM = 1.09
 DENSITY_RETRY = 0.9  # then, if the charts still overflow one atlas, pack again at 90 % of the density
 PACKING_TRIES = 12  # 0.9^12: down to 28 % of the estimate before giving up
 PARALLEL_PACKS = 2  # densities packed at once, each in a process of its own (_packs)
@@ -148,12 +148,11 @@ class _Charts:
             # No denser than padded charts covering the whole atlas: above that nothing fits, and lowering
             # from far above took many tries, or gave up where steps in a row overflowed as many pages.
             density = min(texels_per_metre, _fill_density(self.uv, self.faces, self.charts, size, padding, 1.0))
-            fine_steps = 0
+            headroom = None
         else:
-            density = DENSITY_HEADROOM * _fill_density(self.uv, self.faces, self.charts, size, padding)
-            fine_steps = DENSITY_STEPS
-        packed_vertex, packed_faces, uv, density = _pack(self.uv, self.faces, size, padding, density,
-                                                         fine_steps)
+            density = _fill_density(self.uv, self.faces, self.charts, size, padding)
+            headroom = DENSITY_HEADROOM
+        packed_vertex, packed_faces, uv, density = _pack(self.uv, self.faces, size, padding, density, headroom)
         source = self.source[packed_vertex]
         return Atlas(self.vertices[source].astype(np.float32), packed_faces.astype(np.uint32),
                      uv.astype(np.float32), source, size, float(density), padding)
@@ -354,21 +353,21 @@ def _fill_density(uv: np.ndarray, faces: np.ndarray, charts: np.ndarray, size: i
 
 
 def _pack(uv: np.ndarray, faces: np.ndarray, size: int, padding: int, density: float,
-          fine_steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+          headroom: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(vertex of `uv` per packed vertex, packed faces, packed UVs in [0, 1], density used).
 
-    The first `fine_steps` densities that overflow are lowered by DENSITY_STEP, the next (up to
-    PACKING_TRIES, or until STUCK_TRIES in a row free no atlas page) by DENSITY_RETRY.
+    Tried first at `headroom` times the density, if given; then at the density, lowered by DENSITY_RETRY
+    after each overflow (up to PACKING_TRIES, or until STUCK_TRIES in a row free no atlas page).
     """
-    densities = [density * DENSITY_STEP ** min(k, fine_steps) * DENSITY_RETRY ** max(k - fine_steps, 0)
-                 for k in range(fine_steps + PACKING_TRIES)]
+    first = [] if headroom is None else [density * headroom]
+    densities = first + [density * DENSITY_RETRY ** k for k in range(PACKING_TRIES)]
     overflow, stuck = np.inf, 0
     with closing(_packs(uv, faces, size, padding, densities)) as packs:  # closing it stops the tries still running
         for tries, (density, packed) in enumerate(packs):
             if isinstance(packed, tuple):
                 vmap, index, packed_uv = packed
                 return vmap.astype(np.int64), index.astype(np.int64), np.clip(packed_uv, 0.0, 1.0), density
-            if tries < fine_steps:  # a few densities just above the estimate: overflowing them says little
+            if tries < len(first):  # a density above the estimate: overflowing it says little
                 continue
             # Lower densities that free no atlas page: the gutters, not the charts, fill the atlas.
             stuck = stuck + 1 if packed >= overflow else 0
