@@ -204,7 +204,8 @@ def _round_up(metres: float) -> float:
     return math.ceil(metres * 1e4) / 1e4
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
+# nogil, as _integrate: the build's walkthrough writer (a Python thread) keeps running meanwhile
+@numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def _mark_band(band, depth, K, c2w, origin, voxel, truncation, stride):
     """Flag the blocks that hold voxels within the truncation band of a depth point of some frame.
 
@@ -441,7 +442,9 @@ def _untile(tiled: np.ndarray) -> np.ndarray:
     return tiled.transpose(0, 3, 1, 4, 2, 5).reshape(tx * TILE, ty * TILE, tz * TILE)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
+# nogil: the build saves the walkthrough on a Python thread meanwhile, which would otherwise wait out every
+# batch; it takes the cycles the kernel's threads leave idle (~0.5 core: 0.6 s less wall in interleaved builds)
+@numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def _integrate(tsdf, weight, colour, colour_weight, tiles, blocks, origin, voxel, truncation, w2c, K, depth, rgb, guard,
                far):
     """Fold frames into the tiles, in order: running averages of TSDF and colour, each view weighing 1.
