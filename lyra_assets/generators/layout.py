@@ -464,14 +464,22 @@ def build_atlas(room: Room, density: float,
     colour = np.zeros((max(sv for _, sv in sizes) + 2 * pad, x, 3), np.uint8)
     seen = np.zeros(colour.shape[:2], np.uint8)
     start = np.stack([room.lo[_FACE_AXES[f]] for f in range(6)])
-    for f, (su, sv) in enumerate(sizes):
+
+    def paint_face(f: int) -> tuple[np.ndarray, np.ndarray]:
+        su, sv = sizes[f]
         axis, (ua, va) = f // 2, _FACE_AXES[f]
         u, v = pixel_centres(su, sv)
         q = np.zeros((sv, su, 3))
         q[..., axis] = room.hi[axis] if f % 2 else room.lo[axis]
         q[..., ua] = start[f, 0] + u / density
         q[..., va] = start[f, 1] + v / density
-        face, inside = paint(q)
+        return paint(q)
+
+    # Two faces paint at a time (their remapping and distance transforms release the GIL): a face's
+    # float64 temporaries run to 100 MB and more at the largest face size.
+    with ThreadPoolExecutor(2) as pool:
+        painted = list(pool.map(paint_face, range(6)))
+    for f, ((su, sv), (face, inside)) in enumerate(zip(sizes, painted)):
         ox, oy = origin[f]
         colour[oy - pad: oy + sv + pad, ox - pad: ox + su + pad] = cv2.copyMakeBorder(
             face, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
