@@ -19,6 +19,18 @@ from .errors import LyraAssetsError
 
 AVAILABLE = sys.platform.startswith("linux")
 T = TypeVar("T")
+_in_child = False
+_kept: list[Any] = []  # a child's objects that are never destroyed (see keep)
+
+
+def keep(thing: T) -> T:
+    """In a forked child, hold `thing` until the child exits, which runs no destructor: for objects whose
+    destructor can hang. An xatlas.Atlas stops its worker threads with a wake-up that is lost if a worker
+    is just going to sleep, then waits for that worker for ever (a test build hung there). Elsewhere,
+    `thing` is left to be freed as usual."""
+    if _in_child:
+        _kept.append(thing)
+    return thing
 
 
 class Forked(Generic[T]):
@@ -30,6 +42,8 @@ class Forked(Generic[T]):
         read, write = os.pipe()
         self._pid = os.fork()
         if self._pid == 0:  # the child: call, send, and leave without the parent's exit handlers
+            global _in_child
+            _in_child = True
             # The parent's garbage is not this child's to collect: freeing an object that owns threads (an
             # xatlas.Atlas) would wait for ever on threads that only the parent has.
             gc.disable()

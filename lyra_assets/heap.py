@@ -26,6 +26,7 @@ TRIM_THRESHOLD = 1 << 30  # the free top of the heap is kept up to this size whi
 T = TypeVar("T")
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -120,3 +120,14 @@ def _fail_unpicklably() -> None:
 def test_an_error_that_cannot_be_pickled_still_says_what_it_was():
     with pytest.raises(LyraAssetsError, match=r"_fail_unpicklably failed in its helper process: .*lost in the pipe"):
         forked.Forked(_fail_unpicklably).result()
+
+
+def _keep_and_count() -> tuple[int, bool]:
+    thing = object()
+    return len(forked._kept), forked.keep(thing) is thing and len(forked._kept) == 1
+
+
+def test_keep_holds_objects_in_a_child_only():
+    assert forked.Forked(_keep_and_count).result() == (0, True)
+    forked.keep(object())
+    assert forked._kept == []  # the parent frees as usual

@@ -188,3 +188,13 @@ def test_packing_in_forked_processes_gives_the_layout_packing_in_turn_gives(room
     assert parallel.texels_per_metre == in_turn.texels_per_metre
     np.testing.assert_array_equal(parallel.uv, in_turn.uv)
     np.testing.assert_array_equal(parallel.faces, in_turn.faces)
+
+
+def test_charting_in_a_child_process_gives_the_charts_of_charting_here(room):
+    from lyra_assets.assets import uv
+
+    vertices, faces = np.asarray(room.vertices, np.float64), np.asarray(room.faces, np.int64)
+    labels = uv._chunk_labels(vertices, faces, uv.CHUNK_FACES)
+    there, here = uv._charts(vertices, faces, labels), uv._chart_chunks(vertices, faces, labels)
+    for a, b in zip(there, here, strict=True):
+        np.testing.assert_array_equal(a, b)

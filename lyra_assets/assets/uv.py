@@ -274,8 +274,21 @@ def _face_adjacency(faces: np.ndarray) -> np.ndarray:
 
 
 def _charts(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
-    """xatlas charts per chunk: (source vertex, faces, chart-space UVs) of the mesh split at chart borders."""
-    atlas = xatlas.Atlas()
+    """xatlas charts per chunk: (source vertex, faces, chart-space UVs) of the mesh split at chart borders.
+
+    Where forked.AVAILABLE, in a child process whose atlas is never destroyed (forked.keep: xatlas' destructor
+    can hang); the asset stage's other thread also runs meanwhile, as xatlas holds the GIL while it charts."""
+    if not forked.AVAILABLE:
+        return _chart_chunks(vertices, faces, labels)
+    child = forked.Forked(_chart_chunks, vertices, faces, labels)
+    try:
+        return child.result()
+    finally:
+        child.kill()  # only if interrupted before the result came: a finished child is reaped already
+
+
+def _chart_chunks(vertices: np.ndarray, faces: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
+    atlas = forked.keep(xatlas.Atlas())
     chunk_faces, chunk_vertices = [], []
     order = np.argsort(labels, kind="stable")
     bounds = np.flatnonzero(np.diff(labels[order])) + 1
@@ -414,7 +427,7 @@ def _packs(uv: np.ndarray, faces: np.ndarray, size: int, padding: int,
 def _pack_once(uv: np.ndarray, faces: np.ndarray, size: int, padding: int,
                density: float) -> tuple[np.ndarray, ...] | int:
     """xatlas' (vertex map, faces, UVs) if the charts fit one atlas at `density`, else its atlas count."""
-    atlas = xatlas.Atlas()
+    atlas = forked.keep(xatlas.Atlas())
     atlas.add_uv_mesh(uv.astype(np.float32), faces.astype(np.uint32))
     options = xatlas.PackOptions()
     options.resolution = size
