@@ -98,7 +98,8 @@ def assert_runs_once(*daemons: Daemon) -> Counter:
     return runs
 
 
-def wait_until(condition, what: str, *daemons: Daemon, timeout: float = WAIT_S):
+def wait_until(condition, what: str, *daemons: Daemon, timeout: float = WAIT_S, left=None):
+    """`left`, if given, says what is still missing; it comes first in the failure, before the logs' tails."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -106,7 +107,7 @@ def wait_until(condition, what: str, *daemons: Daemon, timeout: float = WAIT_S):
             return value
         time.sleep(0.2)
     logs = "\n".join(d.log_text() for d in daemons)
-    pytest.fail(f"timed out waiting for {what}\n{logs}")
+    pytest.fail(f"timed out waiting for {what}\n{left() if left else ''}\n{logs}")
 
 
 def make_root(tmp_path: Path) -> Path:
@@ -583,25 +584,46 @@ def test_a_rerun_resumes_from_the_walkthrough_an_interrupted_run_saved(tmp_path)
     assert not [p.name for p in (out / "hall").iterdir() if p.name.startswith(".")]
 
 
+def _not_an_image_task(folder: Path, name: str):
+    """A run that a worker refuses at once: its image is not a PNG."""
+    from lyra_assets.daemon.runner import Task
+
+    (folder / f"{name}.png").write_bytes(b"not a png")
+    record = {"image": str(folder / f"{name}.png"), "image_sha256": "-", "name": name, "settings": {}}
+    return Task(name, record["image"], str(folder / "out"), name, {"key": "-", "job": record}, {"job": name})
+
+
 def test_local_workers_report_bad_input_and_are_replaced_after_their_quota(tmp_path, monkeypatch):
     from lyra_assets.daemon import executors
-    from lyra_assets.daemon.runner import Task
 
     monkeypatch.setattr(executors, "JOBS_PER_WORKER", 1)  # read in the daemon process: replace every time
     pool = executors.LocalExecutor(workers=1)
     pids = []
     try:
         for name in ("one", "two"):
-            (tmp_path / f"{name}.png").write_bytes(b"not a png")
-            record = {"image": str(tmp_path / f"{name}.png"), "image_sha256": "-", "name": name, "settings": {}}
-            task = Task(name, record["image"], str(tmp_path / "out"), name, {"key": "-", "job": record},
-                        {"job": name})
             with pytest.raises(executors.BadInput, match=f"{name}.png: not an image"):
-                pool.submit(task).result(timeout=WAIT_S)
+                pool.submit(_not_an_image_task(tmp_path, name)).result(timeout=WAIT_S)
             pids.append(json.loads((tmp_path / "out" / name / "status.json").read_text())["worker"]["pid"])
     finally:
         pool.close()
     assert pids[0] != pids[1] and all(gone(pid) for pid in pids)
+
+
+def test_a_local_worker_is_free_once_its_run_is_seen_done(tmp_path):
+    """The daemon submits the next task as soon as a run's future is done (its callback wakes the loop). A
+    worker freed only after that left the submit without one: the job stayed claimed for ever."""
+    from lyra_assets.daemon import executors
+
+    pool = executors.LocalExecutor(workers=1)
+    followed = []
+    try:
+        first = pool.submit(_not_an_image_task(tmp_path, "one"))  # the worker is still starting: not done yet
+        first.add_done_callback(lambda _: followed.append(pool.submit(_not_an_image_task(tmp_path, "two"))))
+        [second] = wait_until(lambda: followed, "the callback to submit the next task")
+        with pytest.raises(executors.BadInput, match="two.png: not an image"):
+            second.result(timeout=WAIT_S)
+    finally:
+        pool.close()
 
 
 def test_temporary_names_are_ignored():

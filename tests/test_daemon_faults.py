@@ -233,12 +233,13 @@ def test_torture_mixed_drops_kills_a_frozen_daemon_and_a_broken_out_folder(tmp_p
         os.rename(tmp_path / "out.aside", root / "out")
         wait_until(lambda: all(d.events("resumed") for d in daemons), "both daemons to resume", *daemons)
 
-        def finished() -> bool:
-            jobs = status_json(root)["jobs"]
-            left = set(os.listdir(inbox)) - ignored
-            return not left and not os.listdir(root / "work") and all(
-                j["state"] in ("done", "duplicate", "failed") for j in jobs)
-        wait_until(finished, "every drop to be built or filed", *daemons)
+        def unfinished() -> dict:
+            return {"inbox": sorted(set(os.listdir(inbox)) - ignored), "work": sorted(os.listdir(root / "work")),
+                    "jobs": [(j["file"], j["state"], j.get("owner")) for j in status_json(root)["jobs"]
+                             if j["state"] not in ("done", "duplicate", "failed")]}
+
+        wait_until(lambda: not any(unfinished().values()), "every drop to be built or filed", *daemons,
+                   left=lambda: f"left: {unfinished()}")
         for daemon in daemons:
             daemon.signal(signal.SIGTERM)
         assert [d.wait() for d in daemons] == [0, 0]

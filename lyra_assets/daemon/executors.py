@@ -91,17 +91,21 @@ class LocalExecutor:
         return future
 
     def _drive(self, worker: _Worker, task: Task, future: Future) -> None:
+        outputs, error = None, None
         try:
             outputs = worker.run(task)
         except BaseException as exc:  # BadInput, RunBroken, Interrupted, or a broken pipe
-            future.set_exception(exc if isinstance(exc, (BadInput, RunBroken, Interrupted)) else
-                                 RunBroken(f"lost contact with the worker process ({exc!r})"))
-        else:
+            error = exc if isinstance(exc, (BadInput, RunBroken, Interrupted)) else RunBroken(
+                f"lost contact with the worker process ({exc!r})")
+        # The worker is free before the future says so: the daemon submits the next task as soon as it sees
+        # this one done, and a submit that found no idle worker lost that job (it stayed claimed for ever).
+        with self._lock:
+            del self._busy[task.job]
+            self._idle.append(worker)
+        if error is None:
             future.set_result(outputs)
-        finally:
-            with self._lock:
-                del self._busy[task.job]
-                self._idle.append(worker)
+        else:
+            future.set_exception(error)
 
     def stop(self, job: str, reason: str) -> None:
         with self._lock:

@@ -589,11 +589,11 @@ class Service:
                 continue
             if now - since < self.options.settle_s:
                 continue
-            del self.waiting[job_id]
             task = CheckTask(job_id, str(self._work_file(row)), row.source,
                              tuple((str(self._work_sidecar(row, s)), s) for s in row.sidecars), current,
                              str(self.root.inbox), self.defaults)
             future = self.checker.submit(task)
+            del self.waiting[job_id]  # only now: had the submit failed, the job would still wait for a check
             future.add_done_callback(lambda _: self.wake.set())
             self.checking[job_id] = (future, time.monotonic(), current)
 
