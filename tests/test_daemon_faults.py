@@ -255,6 +255,9 @@ def test_torture_mixed_drops_kills_a_frozen_daemon_and_a_broken_out_folder(tmp_p
         lines = path.read_text(encoding="utf-8").splitlines()
         records[path] = [json.loads(line) for line in lines]
     events = [e for rs in records.values() for e in rs]
+    # The only errors are the broken out/ folder's pauses: no step or turn of the loop failed.
+    assert {e["event"] for e in events if e["level"] == "error"} == {"paused"}, [
+        e for e in events if e["level"] == "error"]
 
     # Every drop is accounted for exactly once: by a finished job of the journal, or left with a log line.
     jobs = status_json(root)["jobs"]
