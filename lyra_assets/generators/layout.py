@@ -114,9 +114,9 @@ class Layout:
     labelled: np.ndarray  # (h, w, 3) uint8
     room: Room | None = None
     scene: OpenScene | None = None
-    # Frames rendered at once. The room's renderer (a serial kernel, then OpenCV's remap, both without the GIL)
-    # keeps a core busy only with another frame beside it; the open scene's kernel is parallel already, and
-    # numba's default threading layer must not be entered from two threads at once.
+    # Frames rendered at once. Both renderers are serial kernels (the room's then OpenCV's remap) that release
+    # the GIL: a frame keeps one core busy, so frames go side by side. (A parallel kernel would also have to
+    # stay out of numba's default threading layer from two threads at once.)
     frames_at_once: int = 1
 
 
@@ -259,7 +259,7 @@ def open_layout(pixels: np.ndarray, K: np.ndarray, reading: open_scene.Reading, 
                 "unseen_fill": "Telea inpainting at low resolution (ground) or per-elevation colour (dome), "
                                "plus detail continued from random patches of the seen texture"})
     return Layout(lambda K_, c2w, w, h: render_open(scene, K_, c2w, w, h), space, fit,
-                  open_scene.overlay(pixels, scene), scene=scene)
+                  open_scene.overlay(pixels, scene), scene=scene, frames_at_once=min(os.cpu_count() or 1, 4))
 
 
 def fit_room(pixels: np.ndarray, hfov_deg: float, eye_height: float,

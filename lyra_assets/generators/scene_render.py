@@ -1,6 +1,6 @@
 """Rendering an open scene (ground plane, standing pop-ups, sky dome) from any camera, on the CPU.
 
-One numba kernel per frame, so a walkthrough of hundreds of frames stays within milliseconds a frame:
+Serial numba kernels that release the GIL, so frames render side by side, each within milliseconds:
 - the pop-ups are triangle meshes whose texture coordinates are concept-image pixels; they are rasterised
   with a z-buffer and perspective-correct interpolation, clipped at a near plane, and alpha-tested against
   the concept image's owner map (a fragment survives only where the concept image showed that pop-up), so
@@ -56,8 +56,8 @@ def render_open(scene: OpenScene, K: np.ndarray, c2w: np.ndarray, width: int,
     depth = np.empty((height, width), np.float32)
     observed = np.empty((height, width), np.bool_)
     zbuf = np.full((height, width), np.inf, np.float64)
-    tex = np.zeros((height, width, 2), np.float64)
-    front = np.zeros((height, width), np.bool_)
+    tex = np.empty((height, width, 2), np.float32)  # read only where zbuf is finite, as is front
+    front = np.empty((height, width), np.bool_)
     w2c = np.linalg.inv(c2w)
     if len(scene.faces):
         _rasterise(scene.vertices @ w2c[:3, :3].T + w2c[:3, 3], scene.uv, scene.faces, scene.face_owner,
@@ -68,7 +68,7 @@ def render_open(scene: OpenScene, K: np.ndarray, c2w: np.ndarray, width: int,
     return frame, depth, observed
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _rasterise(cam, uv, faces, face_owner, owner, K, Kc, zbuf, tex, front):
     """Z-buffer the pop-up triangles: depth, concept-image coordinates, and whether the face is seen from
     the side the concept image saw it from."""
@@ -114,6 +114,10 @@ def _triangle(poly, puv, i0, i1, i2, fx, fy, cx, cy, concept_area, piece, owner,
         return
     seen_front = (area > 0) == (concept_area > 0)
     iz0, iz1, iz2 = 1.0 / poly[i0, 2], 1.0 / poly[i1, 2], 1.0 / poly[i2, 2]
+    # texture coordinates over depth, as locals: loaded from puv they would be loaded again for every pixel
+    su0, su1, su2 = puv[i0, 0] * iz0, puv[i1, 0] * iz1, puv[i2, 0] * iz2
+    sv0, sv1, sv2 = puv[i0, 1] * iz0, puv[i1, 1] * iz1, puv[i2, 1] * iz2
+    inv_area = 1.0 / area
     c0 = max(int(np.floor(min(x0, x1, x2))), 0)
     c1 = min(int(np.ceil(max(x0, x1, x2))), width - 1)
     r0 = max(int(np.floor(min(y0, y1, y2))), 0)
@@ -122,8 +126,8 @@ def _triangle(poly, puv, i0, i1, i2, fx, fy, cx, cy, concept_area, piece, owner,
         py = row + 0.5
         for col in range(c0, c1 + 1):
             px = col + 0.5
-            w0 = ((x1 - px) * (y2 - py) - (y1 - py) * (x2 - px)) / area
-            w1 = ((x2 - px) * (y0 - py) - (y2 - py) * (x0 - px)) / area
+            w0 = ((x1 - px) * (y2 - py) - (y1 - py) * (x2 - px)) * inv_area
+            w1 = ((x2 - px) * (y0 - py) - (y2 - py) * (x0 - px)) * inv_area
             w2 = 1.0 - w0 - w1
             if w0 < 0.0 or w1 < 0.0 or w2 < 0.0:
                 continue
@@ -131,8 +135,8 @@ def _triangle(poly, puv, i0, i1, i2, fx, fy, cx, cy, concept_area, piece, owner,
             z = 1.0 / iz
             if z >= zbuf[row, col]:
                 continue
-            u = (w0 * puv[i0, 0] * iz0 + w1 * puv[i1, 0] * iz1 + w2 * puv[i2, 0] * iz2) * z
-            v = (w0 * puv[i0, 1] * iz0 + w1 * puv[i1, 1] * iz1 + w2 * puv[i2, 1] * iz2) * z
+            u = (w0 * su0 + w1 * su1 + w2 * su2) * z
+            v = (w0 * sv0 + w1 * sv1 + w2 * sv2) * z
             ou = min(max(int(u), 0), ow - 1)
             ov = min(max(int(v), 0), oh - 1)
             if owner[ov, ou] != piece:  # alpha test: the concept image did not show this pop-up here
@@ -162,72 +166,83 @@ def _sample(image, x, y, out, row, col):
 
 
 @numba.njit(cache=True, inline="always")
-def _from_concept(concept, owner, label, Kc, x, y, z, out, row, col):
-    """Colour out[row, col] from the concept image where the direction or point (x, y, z), in the first
-    camera's frame, lands on a concept pixel labelled `label` (ground -1, sky -2). Returns whether it did."""
+def _from_concept(concept, owner, label, kfx, kfy, kcx, kcy, x, y, z, out, row, col):
+    """Colour out[row, col] from the concept image (intrinsics kfx, kfy, kcx, kcy) where the direction or
+    point (x, y, z), in the first camera's frame, lands on a concept pixel labelled `label` (ground -1, sky
+    -2). Returns whether it did."""
     if z <= 1e-9:
         return False
-    u = Kc[0, 0] * x / z + Kc[0, 2]
-    v = Kc[1, 1] * y / z + Kc[1, 2]
+    iz = 1.0 / z
+    u = kfx * x * iz + kcx
+    v = kfy * y * iz + kcy
     if not (0 <= u < owner.shape[1] and 0 <= v < owner.shape[0]) or owner[int(v), int(u)] != label:
         return False
     _sample(concept, u, v, out, row, col)
     return True
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True, nogil=True)
 def _shade(frame, depth, observed, zbuf, tex, front, K, c2w, Kc, concept, owner, canvas, down, right, forward,
            camera_height, far, ground, dome):
     height, width = zbuf.shape
     gw = ground.shape[1]
     eh, ew = dome.shape[0], dome.shape[1]
     g_density = gw / (2.0 * far)
-    origin_down = c2w[0, 3] * down[0] + c2w[1, 3] * down[1] + c2w[2, 3] * down[2]
-    for row in numba.prange(height):
+    # Every constant as a local: the compiler cannot tell these arrays from the ones the loop writes, so it
+    # would load them again for every pixel (a quarter of the kernel's time).
+    o0, o1, o2 = c2w[0, 3], c2w[1, 3], c2w[2, 3]
+    x0, x1, x2 = c2w[0, 0], c2w[1, 0], c2w[2, 0]  # the camera's x axis in the world
+    n0, n1, n2 = down[0], down[1], down[2]
+    r0, r1, r2 = right[0], right[1], right[2]
+    f0, f1, f2 = forward[0], forward[1], forward[2]
+    kfx, kfy, kcx, kcy = Kc[0, 0], Kc[1, 1], Kc[0, 2], Kc[1, 2]
+    lift = camera_height - (o0 * n0 + o1 * n1 + o2 * n2)  # the camera's height above the ground
+    inv_fx, cx = 1.0 / K[0, 0], K[0, 2]
+    concept_rows = concept.shape[0]
+    for row in range(height):
         yn = (row + 0.5 - K[1, 2]) / K[1, 1]
+        # World direction with camera depth 1 (so a ray parameter is the pixel's depth): b + xn * x axis.
+        b0 = c2w[0, 1] * yn + c2w[0, 2]
+        b1 = c2w[1, 1] * yn + c2w[1, 2]
+        b2 = c2w[2, 1] * yn + c2w[2, 2]
         for col in range(width):
-            xn = (col + 0.5 - K[0, 2]) / K[0, 0]
-            # World direction with camera depth 1, so a ray parameter is the pixel's depth.
-            d0 = c2w[0, 0] * xn + c2w[0, 1] * yn + c2w[0, 2]
-            d1 = c2w[1, 0] * xn + c2w[1, 1] * yn + c2w[1, 2]
-            d2 = c2w[2, 0] * xn + c2w[2, 1] * yn + c2w[2, 2]
-            dd = d0 * down[0] + d1 * down[1] + d2 * down[2]
+            xn = (col + 0.5 - cx) * inv_fx
+            d0 = x0 * xn + b0
+            d1 = x1 * xn + b1
+            d2 = x2 * xn + b2
+            dd = d0 * n0 + d1 * n1 + d2 * n2
             t_ground = np.inf
             gx = 0.0
             gz = 0.0
             if dd > 1e-9:
-                t = (camera_height - origin_down) / dd
+                t = lift / dd
                 if t > 0:
-                    p0 = c2w[0, 3] + t * d0
-                    p1 = c2w[1, 3] + t * d1
-                    p2 = c2w[2, 3] + t * d2
-                    gx = p0 * right[0] + p1 * right[1] + p2 * right[2]
-                    gz = p0 * forward[0] + p1 * forward[1] + p2 * forward[2]
+                    p0 = o0 + t * d0
+                    p1 = o1 + t * d1
+                    p2 = o2 + t * d2
+                    gx = p0 * r0 + p1 * r1 + p2 * r2
+                    gz = p0 * f0 + p1 * f1 + p2 * f2
                     if abs(gx) < far and abs(gz) < far:
                         t_ground = t
-            if t_ground < zbuf[row, col]:
+            z = zbuf[row, col]
+            if t_ground < z:
                 depth[row, col] = t_ground
-                p0 = c2w[0, 3] + t_ground * d0
-                p1 = c2w[1, 3] + t_ground * d1
-                p2 = c2w[2, 3] + t_ground * d2
-                seen = _from_concept(concept, owner, -1, Kc, p0, p1, p2, frame, row, col)
+                seen = _from_concept(concept, owner, -1, kfx, kfy, kcx, kcy, o0 + t_ground * d0, o1 + t_ground * d1,
+                                     o2 + t_ground * d2, frame, row, col)
                 if not seen:
-                    tx = (gx + far) * g_density
-                    ty = (gz + far) * g_density
-                    _sample(ground, tx, ty, frame, row, col)
+                    _sample(ground, (gx + far) * g_density, (gz + far) * g_density, frame, row, col)
                 observed[row, col] = seen
-            elif zbuf[row, col] < np.inf:
-                depth[row, col] = zbuf[row, col]
+            elif z < np.inf:
+                depth[row, col] = z
                 _sample(canvas, tex[row, col, 0], tex[row, col, 1], frame, row, col)
                 # Below the concept image, the canvas holds synthesised wall: never observed.
-                observed[row, col] = front[row, col] and tex[row, col, 1] < concept.shape[0]
+                observed[row, col] = front[row, col] and tex[row, col, 1] < concept_rows
             else:
                 depth[row, col] = 0.0  # the dome: no surface, so fusion and the collider ignore it
-                seen = _from_concept(concept, owner, -2, Kc, d0, d1, d2, frame, row, col)
+                seen = _from_concept(concept, owner, -2, kfx, kfy, kcx, kcy, d0, d1, d2, frame, row, col)
                 if not seen:
                     norm = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
-                    lon = np.arctan2(d0 * right[0] + d1 * right[1] + d2 * right[2],
-                                     d0 * forward[0] + d1 * forward[1] + d2 * forward[2])
+                    lon = np.arctan2(d0 * r0 + d1 * r1 + d2 * r2, d0 * f0 + d1 * f1 + d2 * f2)
                     lat = np.arcsin(min(max(-dd / norm, -1.0), 1.0))
                     _sample(dome, (lon + np.pi) / (2 * np.pi) * ew, (np.pi / 2 - lat) / np.pi * eh, frame,
                             row, col)
