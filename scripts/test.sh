@@ -12,8 +12,9 @@ PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-# A regular install (the README's first command) leaves numba's kernel caches in site-packages/lyra_assets;
-# that folder would shadow the editable install as a namespace package, so it goes first.
+# A regular install (the README's first command) puts lyra_assets in site-packages, where it would shadow the
+# editable install; so would what an uninstall leaves there (older versions kept numba's kernel caches in it),
+# as a namespace package. Both go first.
 if [ -f .venv/lib/python3.11/site-packages/lyra_assets/__init__.py ]; then
     .venv/bin/python -m pip uninstall --quiet --yes lyra-assets
 fi
