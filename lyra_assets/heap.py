@@ -11,12 +11,18 @@ for huge pages for them: few faults each.
 The memory a job freed stays with the process until the job ends, then `give_back` returns it: a daemon
 worker, or a program calling `build` job after job, holds no more between jobs than before.
 With another C library (macOS, Windows, musl) these change nothing.
+
+`untouched_zeros` is for a large array a stage writes only in parts (fusion's volume): whatever its size, its
+pages are the system's until written.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
+import mmap
 from typing import Callable, TypeVar
+
+import numpy as np
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -45,6 +51,17 @@ def tune_for_job() -> None:
         libc.mallopt(M_ARENA_MAX, 1)
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+
+
+def untouched_zeros(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+    """An array of zeros in a mapping of its own, whatever its size: its pages cost memory only once written.
+    np.zeros below MMAP_THRESHOLD comes from the heap, whose reused pages calloc clears, touching them all."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if size == 0:
+        return np.zeros(shape, dtype)
+    # Private: reading an untouched page of it maps the kernel's zero page (a shared mapping allocates one).
+    mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    return np.frombuffer(mapping, dtype).reshape(shape)  # the array keeps the mapping alive
 
 
 def give_back() -> None:

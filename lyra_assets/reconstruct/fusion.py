@@ -35,6 +35,7 @@ import trimesh
 from skimage.measure import marching_cubes
 
 from ..errors import LyraAssetsError
+from ..heap import untouched_zeros
 from ..progress import Progress, silent
 from ..trajectory import pixel_rays
 from ..walkthrough import Walkthrough
@@ -350,12 +351,12 @@ class _Volume:
         self.origin, self.voxel, self.tiles_shape = origin, voxel, tiles_shape
         self.truncation = TRUNCATION_VOXELS * voxel
         shape = (*tiles_shape, TILE, TILE, TILE)
-        # np.zeros leaves pages unallocated until written, so tiles far outside the band cost little memory.
-        self.tsdf = np.zeros(shape, np.float32)
-        self.weight = np.zeros(shape, np.float32)
+        # Pages unallocated until written: the tiles outside the band cost no memory.
+        self.tsdf = untouched_zeros(shape, np.float32)
+        self.weight = untouched_zeros(shape, np.float32)
         # Colour has its own weight: it only counts views whose surface is near the voxel (see _integrate).
-        self.colour = np.zeros((*shape, 3), np.float32)
-        self.colour_weight = np.zeros(shape, np.float32)
+        self.colour = untouched_zeros((*shape, 3), np.float32)
+        self.colour_weight = untouched_zeros(shape, np.float32)
 
     def integrate(self, tiles: np.ndarray, blocks: np.ndarray, w2c: np.ndarray, K: np.ndarray, depth: np.ndarray,
                   rgb: np.ndarray, guard_voxels: np.ndarray) -> None:
