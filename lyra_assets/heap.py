@@ -57,7 +57,7 @@ def untouched_zeros(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarra
     """An array of zeros in a mapping of its own, whatever its size: its pages cost memory only once written.
     np.zeros below MMAP_THRESHOLD comes from the heap, whose reused pages calloc clears, touching them all."""
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if size == 0:
+    if size == 0 or not hasattr(mmap, "MAP_PRIVATE"):  # Windows' mmap has no flags; its np.zeros is lazy anyway
         return np.zeros(shape, dtype)
     # Private: reading an untouched page of it maps the kernel's zero page (a shared mapping allocates one).
     mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)

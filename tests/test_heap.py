@@ -1,7 +1,9 @@
 """heap.py's malloc settings, measured in a fresh process (they last for the process that sets them)."""
+import mmap
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from lyra_assets import heap
@@ -88,3 +90,9 @@ def test_untouched_zeros_cost_memory_only_where_written():
     # np.zeros takes the 48 MB from the freed heap and clears them, so the next stage needs 48 MB more from the
     # system; untouched_zeros maps its own pages, of which only the 6 MB written cost memory.
     assert peak_with_zeros("np") - peak_with_zeros("untouched") > 30 << 20
+
+
+def test_untouched_zeros_are_plain_zeros_where_mmap_has_no_private_mappings(monkeypatch):
+    monkeypatch.delattr(mmap, "MAP_PRIVATE")  # as on Windows
+    zeros = heap.untouched_zeros((2, 3), np.float32)
+    assert zeros.dtype == np.float32 and zeros.shape == (2, 3) and not zeros.any() and zeros.flags.writeable
